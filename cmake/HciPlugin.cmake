@@ -1,0 +1,46 @@
+# hci_add_plugin(<name> SOURCES <src>... [LIBRARIES <lib>...] [OUTPUT_DIRECTORY <dir>] [NO_INSTALL])
+#
+# Builds a libhci plugin the way the house style asks: an OBJECT library
+# `hci_plugin_<name>_obj` (unit tests link it) plus a thin MODULE `hci_plugin_<name>` whose file is
+# `hci_<name>.so` (integration tests and the Host load it). Both build with hidden visibility;
+# the module exports only `hci_plugin_entry`. Installed under <libdir>/hci/plugins unless
+# NO_INSTALL.
+function(hci_add_plugin name)
+  cmake_parse_arguments(ARG "NO_INSTALL" "OUTPUT_DIRECTORY" "SOURCES;LIBRARIES" ${ARGN})
+  if(NOT ARG_SOURCES)
+    message(FATAL_ERROR "hci_add_plugin(${name}): SOURCES is required")
+  endif()
+  if(NOT ARG_OUTPUT_DIRECTORY)
+    if(DEFINED HCI_PLUGIN_OUTPUT_DIR)
+      set(ARG_OUTPUT_DIRECTORY "${HCI_PLUGIN_OUTPUT_DIR}")
+    else()
+      set(ARG_OUTPUT_DIRECTORY "${CMAKE_CURRENT_BINARY_DIR}")
+    endif()
+  endif()
+
+  set(obj hci_plugin_${name}_obj)
+  add_library(${obj} OBJECT ${ARG_SOURCES})
+  set_target_properties(${obj} PROPERTIES
+    POSITION_INDEPENDENT_CODE ON
+    CXX_VISIBILITY_PRESET hidden
+    VISIBILITY_INLINES_HIDDEN ON)
+  target_compile_features(${obj} PUBLIC cxx_std_20)
+  target_link_libraries(${obj} PUBLIC hci::hci ${ARG_LIBRARIES})
+
+  set(mod hci_plugin_${name})
+  add_library(${mod} MODULE)
+  target_link_libraries(${mod} PRIVATE ${obj})
+  # A plugin that needs a symbol nobody provides should fail to link, not to load.
+  target_link_options(${mod} PRIVATE "LINKER:--no-undefined")
+  set_target_properties(${mod} PROPERTIES
+    PREFIX ""
+    OUTPUT_NAME "hci_${name}"
+    LIBRARY_OUTPUT_DIRECTORY "${ARG_OUTPUT_DIRECTORY}")
+  if(NOT ARG_NO_INSTALL)
+    if(NOT DEFINED HCI_INSTALL_PLUGINDIR)
+      include(GNUInstallDirs)
+      set(HCI_INSTALL_PLUGINDIR "${CMAKE_INSTALL_LIBDIR}/hci/plugins")
+    endif()
+    install(TARGETS ${mod} LIBRARY DESTINATION "${HCI_INSTALL_PLUGINDIR}")
+  endif()
+endfunction()

@@ -1,0 +1,43 @@
+// Events: backends push object changes; the embedder receives them through a sink.
+#pragma once
+
+#include <functional>
+#include <memory>
+
+#include "hci/export.h"
+#include "hci/v1/event.pb.h"
+
+namespace hci {
+
+/// Receives events. Supplied by the embedder (HostOptions::event_sink) and given to plugins
+/// through PluginContext::events(). Publish never blocks on the receiver: the core queues events
+/// and delivers them, in publication order, from its own dispatch thread.
+class HCI_EXPORT EventSink {
+ public:
+  virtual ~EventSink();
+  /// `event.time`, `event.source` and `event.node` are filled by the core when empty.
+  virtual void Publish(const v1::Event& event) = 0;
+};
+
+using EventCallback = std::function<void(const v1::Event&)>;
+
+/// Keeps a Host::Subscribe callback registered; unsubscribes on destruction or Reset().
+/// After Reset() returns, the callback is not running and will not run again.
+class HCI_EXPORT Subscription {
+ public:
+  Subscription() = default;
+  explicit Subscription(std::function<void()> cancel);
+  Subscription(Subscription&& other) noexcept;
+  Subscription& operator=(Subscription&& other) noexcept;
+  Subscription(const Subscription&) = delete;
+  Subscription& operator=(const Subscription&) = delete;
+  ~Subscription();
+
+  void Reset();
+  bool active() const { return static_cast<bool>(cancel_); }
+
+ private:
+  std::function<void()> cancel_;
+};
+
+}  // namespace hci

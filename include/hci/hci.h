@@ -1,0 +1,20 @@
+// The whole public API of libhci. Pulls in no Boost and no internal header.
+#pragma once
+
+#include "hci/backend.h"
+#include "hci/backup.h"
+#include "hci/compute.h"
+#include "hci/events.h"
+#include "hci/fault_injection.h"
+#include "hci/host.h"
+#include "hci/image.h"
+#include "hci/logging.h"
+#include "hci/names.h"
+#include "hci/network.h"
+#include "hci/operation.h"
+#include "hci/plugin.h"
+#include "hci/result.h"
+#include "hci/status.h"
+#include "hci/storage.h"
+#include "hci/version.h"
+#include "hci/yaml.h"
