@@ -286,4 +286,8 @@ Operation OperationControl::handle() const { return Operation(state_); }
 
 OperationTracker::~OperationTracker() = default;
 
+std::unique_ptr<OperationTracker> MakeOperationTracker(EventSink* events) {
+  return std::make_unique<internal::OperationTrackerImpl>(events);
+}
+
 }  // namespace hci

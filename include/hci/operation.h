@@ -8,6 +8,7 @@
 #include <string>
 #include <string_view>
 
+#include "hci/events.h"
 #include "hci/export.h"
 #include "hci/status.h"
 #include "hci/v1/operation.pb.h"
@@ -106,5 +107,10 @@ class HCI_EXPORT OperationTracker {
   /// control.handle() to its caller.
   virtual OperationControl Start(const OperationInfo& info) = 0;
 };
+
+/// A standalone tracker, for plugin unit tests and embedders' own long tasks: publishes progress
+/// and completion events to `events` when it is not nullptr (it must then outlive every operation
+/// the tracker starts).
+HCI_EXPORT std::unique_ptr<OperationTracker> MakeOperationTracker(EventSink* events = nullptr);
 
 }  // namespace hci
