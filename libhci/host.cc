@@ -1,5 +1,7 @@
 #include "hci/host.h"
 
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -82,6 +84,34 @@ Status MakePrivateDir(const std::string& dir, std::string_view field) {
   return Status();
 }
 
+// Takes an exclusive flock on <state_dir>/host.lock so that only one Host manages a state
+// directory. The kernel drops the lock when the process dies, so a crashed embedder never blocks
+// the next one (which must reattach to what the first left running).
+Result<int> LockStateDir(const std::string& state_dir) {
+  std::string path = state_dir + "/host.lock";
+  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0) return ErrnoStatus(errno, "state_dir: open \"" + path + "\"");
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    int err = errno;
+    char buf[32] = {};
+    ssize_t n = ::pread(fd, buf, sizeof(buf) - 1, 0);
+    ::close(fd);
+    if (err != EWOULDBLOCK) return ErrnoStatus(err, "state_dir: flock \"" + path + "\"");
+    std::string holder = n > 0 ? std::string(buf, static_cast<std::size_t>(n)) : "unknown";
+    while (!holder.empty() && (holder.back() == '\n' || holder.back() == ' ')) holder.pop_back();
+    return FailedPrecondition("state_dir: \"" + state_dir +
+                              "\" is in use by another hci::Host (pid " + holder +
+                              "); one Host manages a state directory at a time");
+  }
+  std::string pid = std::to_string(::getpid()) + "\n";
+  if (::ftruncate(fd, 0) != 0 || ::pwrite(fd, pid.data(), pid.size(), 0) < 0) {
+    int err = errno;
+    ::close(fd);
+    return ErrnoStatus(err, "state_dir: write \"" + path + "\"");
+  }
+  return fd;
+}
+
 }  // namespace
 
 struct Host::Impl {
@@ -102,6 +132,7 @@ struct Host::Impl {
   std::unique_ptr<NetworkBackend> network;
   std::unique_ptr<ImageBackend> image;
   std::unique_ptr<BackupBackend> backup;
+  int lock_fd = -1;
 
   ~Impl() {
     // Backends first (they may still publish events or finish operations), then the bus.
@@ -114,6 +145,7 @@ struct Host::Impl {
     embedder_subscription.Reset();
     tracker.reset();
     bus.reset();
+    if (lock_fd >= 0) ::close(lock_fd);
   }
 
   Status CreateBackends();
@@ -176,8 +208,8 @@ Status Host::Impl::CreateOne(BackendKind kind, const v1::BackendBinding& binding
     std::string dirs;
     for (const auto& d : config.plugin_dirs()) dirs += (dirs.empty() ? "" : ", ") + d;
     if (const v1::PluginInfo* info = loader->FindInfo(name); info != nullptr) {
-      return NotFound(field + ".plugin: plugin \"" + name + "\" (" + info->path() +
-                      ") was refused: " + info->reason());
+      // The reason already starts with the plugin's path.
+      return NotFound(field + ".plugin: plugin \"" + name + "\" was refused: " + info->reason());
     }
     return NotFound(field + ".plugin: no plugin named \"" + name + "\" in " +
                     (dirs.empty() ? std::string("(no plugin directories)") : dirs));
@@ -270,6 +302,7 @@ Result<std::unique_ptr<Host>> Host::Open(const v1::HostConfig& config, HostOptio
     for (auto& d : DefaultPluginDirs()) cfg.add_plugin_dirs(d);
   }
   HCI_RETURN_NOT_OK(MakePrivateDir(cfg.state_dir(), "state_dir"));
+  HCI_ASSIGN_OR_RAISE(impl->lock_fd, LockStateDir(cfg.state_dir()));
 
   impl->log_sink = options.log_sink ? options.log_sink : MakeStderrLogSink();
   impl->logger = Logger(impl->log_sink, "core", FromProto(cfg.log_level()));

@@ -41,9 +41,12 @@ class HCI_EXPORT Host {
   /// (empty: $HCI_PLUGIN_PATH, colon-separated, else the installed plugin directory), loads every
   /// acceptable plugin, and creates the configured backends.
   ///
+  /// Only one Host at a time manages a state directory (an flock on <state_dir>/host.lock, released
+  /// when the Host is destroyed or its process dies).
+  ///
   /// A refused plugin does not stop the others; it appears in plugins() with the reason. Errors:
   /// InvalidArgument naming the config field (a bad node name, a backend binding without a
-  /// plugin); NotFound when a configured plugin was not found or was refused (with the reason);
+  /// plugin); FailedPrecondition when another Host holds the state directory; NotFound when a configured plugin was not found or was refused (with the reason);
   /// a backend factory's own error, prefixed with the plugin and kind.
   static Result<std::unique_ptr<Host>> Open(const v1::HostConfig& config,
                                             HostOptions options = {});

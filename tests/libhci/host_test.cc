@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <string>
@@ -45,6 +46,19 @@ TEST_F(HostTest, OpensWithoutBackendsAndCreatesPrivateStateDir) {
   EXPECT_TRUE((*host)->plugins().empty());
   EXPECT_TRUE((*host)->ListOperations().empty());
   EXPECT_EQ((*host)->GetOperation("op-1").status().code(), StatusCode::kNotFound);
+}
+
+TEST_F(HostTest, OneHostPerStateDir) {
+  auto first = Host::Open(EmptyConfig());
+  ASSERT_TRUE(first.ok()) << first.status();
+  auto second = Host::Open(EmptyConfig());
+  EXPECT_EQ(second.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(second.status().message().find("pid " + std::to_string(::getpid())),
+            std::string::npos)
+      << second.status();
+  first->reset();
+  auto third = Host::Open(EmptyConfig());
+  EXPECT_TRUE(third.ok()) << third.status();
 }
 
 TEST_F(HostTest, UnconfiguredBackendIsFailedPrecondition) {
