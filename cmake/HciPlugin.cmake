@@ -30,8 +30,17 @@ function(hci_add_plugin name)
   set(mod hci_plugin_${name})
   add_library(${mod} MODULE)
   target_link_libraries(${mod} PRIVATE ${obj})
-  # A plugin that needs a symbol nobody provides should fail to link, not to load.
-  target_link_options(${mod} PRIVATE "LINKER:--no-undefined")
+  # A plugin that needs a symbol nobody provides should fail to link, not to load. (Not with
+  # clang's sanitizers: their runtime is linked into executables only.)
+  if(NOT (CMAKE_CXX_COMPILER_ID MATCHES "Clang" AND HCI_SANITIZE))
+    target_link_options(${mod} PRIVATE "LINKER:--no-undefined")
+  endif()
+  # Only the entry symbol leaves the plugin: template instances and third-party typeinfo stay
+  # private, so two plugins can never interpose each other's copies of them.
+  set(map "${CMAKE_CURRENT_BINARY_DIR}/hci_plugin_${name}.map")
+  file(WRITE "${map}" "{ global: hci_plugin_entry; local: *; };\n")
+  target_link_options(${mod} PRIVATE "LINKER:--version-script=${map}")
+  set_property(TARGET ${mod} APPEND PROPERTY LINK_DEPENDS "${map}")
   set_target_properties(${mod} PROPERTIES
     PREFIX ""
     OUTPUT_NAME "hci_${name}"

@@ -34,6 +34,12 @@ Status NotImplemented(BackendKind kind, std::string_view operation) {
 Backend::~Backend() = default;
 Result<std::string> Backend::Metrics() { return Unimplemented("Metrics is not implemented"); }
 
+// Out of line so that each interface's vtable and typeinfo live in libhci only.
+ComputeBackend::~ComputeBackend() = default;
+StorageBackend::~StorageBackend() = default;
+NetworkBackend::~NetworkBackend() = default;
+ImageBackend::~ImageBackend() = default;
+BackupBackend::~BackupBackend() = default;
 FaultInjector::~FaultInjector() = default;
 ConsoleStream::~ConsoleStream() = default;
 

@@ -13,6 +13,8 @@ namespace hci {
 /// (validated by the core).
 class HCI_EXPORT BackupBackend : public Backend {
  public:
+  ~BackupBackend() override;
+
   virtual v1::BackupCapabilities Capabilities() const = 0;
 
   /// Registers a backup target; Unavailable when it cannot be reached. Idempotent by name.

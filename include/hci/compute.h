@@ -31,6 +31,8 @@ class HCI_EXPORT ConsoleStream {
 /// phase return FailedPrecondition and change nothing.
 class HCI_EXPORT ComputeBackend : public Backend {
  public:
+  ~ComputeBackend() override;
+
   virtual v1::ComputeCapabilities Capabilities() const = 0;
 
   /// Defines a VM (persisting its spec) without starting it unless run_strategy is Always.

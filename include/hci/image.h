@@ -12,6 +12,8 @@ namespace hci {
 /// The host's image store. Image names are RFC 1123 labels (validated by the core).
 class HCI_EXPORT ImageBackend : public Backend {
  public:
+  ~ImageBackend() override;
+
   virtual v1::ImageCapabilities Capabilities() const = 0;
 
   /// Starts importing an image: a long operation with progress in bytes received. Idempotent by

@@ -12,6 +12,8 @@ namespace hci {
 /// Network and port names are RFC 1123 labels (validated by the core).
 class HCI_EXPORT NetworkBackend : public Backend {
  public:
+  ~NetworkBackend() override;
+
   virtual v1::NetworkCapabilities Capabilities() const = 0;
 
   /// Idempotent by name. InvalidArgument for a VLAN ID outside 1-4094 ("spec.vlan_id"), an MTU

@@ -12,6 +12,8 @@ namespace hci {
 /// RFC 1123 labels (validated by the core before any call).
 class HCI_EXPORT StorageBackend : public Backend {
  public:
+  ~StorageBackend() override;
+
   virtual v1::StorageCapabilities Capabilities() const = 0;
 
   /// Creates a volume, blank or from `spec.source` (image, snapshot or volume: a clone).
