@@ -15,7 +15,8 @@
 
 namespace hci::internal {
 
-class EventBus final : public EventSink {
+// Shared-owned so that a Subscription can outlive the Host: it holds a weak reference.
+class EventBus final : public EventSink, public std::enable_shared_from_this<EventBus> {
  public:
   EventBus(std::string node, Logger logger);
   ~EventBus() override;  // Delivers what is queued, then stops.

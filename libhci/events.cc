@@ -73,7 +73,10 @@ Subscription EventBus::Subscribe(EventCallback callback) {
     id = next_subscriber_++;
     subscribers_.emplace(id, std::move(callback));
   }
-  return Subscription([this, id] { Unsubscribe(id); });
+  // Weak: a Subscription that outlives its Host must not touch the destroyed bus.
+  return Subscription([weak = weak_from_this(), id] {
+    if (auto bus = weak.lock()) bus->Unsubscribe(id);
+  });
 }
 
 void EventBus::Unsubscribe(std::uint64_t id) {

@@ -122,7 +122,7 @@ struct Host::Impl {
   std::shared_ptr<EventSink> embedder_sink;
   Logger logger;
   internal::CoreMetrics metrics;
-  std::unique_ptr<internal::EventBus> bus;
+  std::shared_ptr<internal::EventBus> bus;
   Subscription embedder_subscription;
   std::unique_ptr<internal::OperationTrackerImpl> tracker;
   std::unique_ptr<internal::PluginLoader> loader;
@@ -306,7 +306,7 @@ Result<std::unique_ptr<Host>> Host::Open(const v1::HostConfig& config, HostOptio
 
   impl->log_sink = options.log_sink ? options.log_sink : MakeStderrLogSink();
   impl->logger = Logger(impl->log_sink, "core", FromProto(cfg.log_level()));
-  impl->bus = std::make_unique<internal::EventBus>(cfg.node_name(), impl->logger);
+  impl->bus = std::make_shared<internal::EventBus>(cfg.node_name(), impl->logger);
   if (options.event_sink) {
     impl->embedder_sink = options.event_sink;
     EventSink* sink = impl->embedder_sink.get();

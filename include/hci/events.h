@@ -22,7 +22,8 @@ class HCI_EXPORT EventSink {
 using EventCallback = std::function<void(const v1::Event&)>;
 
 /// Keeps a Host::Subscribe callback registered; unsubscribes on destruction or Reset().
-/// After Reset() returns, the callback is not running and will not run again.
+/// After Reset() returns, the callback is not running and will not run again. A Subscription may
+/// outlive its Host (destroying it then does nothing).
 class HCI_EXPORT Subscription {
  public:
   Subscription() = default;

@@ -231,6 +231,13 @@ TEST_F(GuardedBackendsTest, EventsReachSinkAndSubscribersWithSourceAndNode) {
   EXPECT_EQ(seen.size(), 2u);
 }
 
+TEST_F(GuardedBackendsTest, SubscriptionMayOutliveTheHost) {
+  Subscription sub = host_->Subscribe([](const v1::Event&) {});
+  host_.reset();
+  sub.Reset();  // Must not touch the destroyed Host (ASan would report a use after free).
+  EXPECT_FALSE(sub.active());
+}
+
 TEST(GuardedFactoryTest, FactoryErrorsAndExceptionsNameTheBinding) {
   fs::path state = fs::path(::testing::TempDir()) / ("factory_" + std::to_string(::getpid()));
   v1::HostConfig config;
