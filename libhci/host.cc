@@ -136,11 +136,13 @@ struct Host::Impl {
 
   ~Impl() {
     // Backends first (they may still publish events or finish operations), then the bus.
+    // A backend's threads may call the kinds it uses through PluginContext until it is
+    // destroyed, so users go before what they use: compute (volumes, networks) before storage.
     backup.reset();
+    compute.reset();
     image.reset();
     network.reset();
     storage.reset();
-    compute.reset();
     contexts.clear();
     embedder_subscription.Reset();
     tracker.reset();
