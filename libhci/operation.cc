@@ -37,19 +37,19 @@ v1::OperationStatus OperationState::status() const {
 
 bool OperationState::done() const {
   std::lock_guard lock(mu_);
-  return done_;
+  return settled_;
 }
 
 Status OperationState::Wait(std::optional<std::chrono::milliseconds> timeout) {
   std::unique_lock lock(mu_);
   if (timeout) {
-    if (!cv_.wait_for(lock, *timeout, [&] { return done_; })) {
+    if (!cv_.wait_for(lock, *timeout, [&] { return settled_; })) {
       return DeadlineExceeded("operation " + status_.id() + " (" + status_.kind() +
                               ") is still running after " + std::to_string(timeout->count()) +
                               " ms");
     }
   } else {
-    cv_.wait(lock, [&] { return done_; });
+    cv_.wait(lock, [&] { return settled_; });
   }
   return result_;
 }
@@ -136,8 +136,12 @@ void OperationState::Finish(Status result) {
     cancel_hooks_.clear();
     snapshot = status_;
   }
-  cv_.notify_all();
   Notify(snapshot, true);
+  {
+    std::lock_guard lock(mu_);
+    settled_ = true;
+  }
+  cv_.notify_all();
 }
 
 void OperationState::Notify(const v1::OperationStatus& snapshot, bool final_update) {

@@ -42,6 +42,9 @@ class OperationState {
   v1::OperationStatus status_;
   Status result_;
   bool done_ = false;
+  // Set after the final callbacks and event went out: Wait() returns only then, so a caller
+  // whose Wait() returned has seen the final progress update and the OperationFinished event.
+  bool settled_ = false;
   std::vector<Operation::ProgressCallback> callbacks_;
   std::vector<std::function<void()>> cancel_hooks_;
   EventSink* events_;

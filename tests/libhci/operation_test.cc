@@ -88,6 +88,31 @@ TEST(OperationTest, ProgressWaitAndSuccess) {
   EXPECT_EQ(events.back().object().name(), "debian");
 }
 
+TEST(OperationTest, WaitReturnsOnlyAfterFinalCallbackAndEvent) {
+  // A caller whose Wait() returned must already have the final update and OperationFinished.
+  for (int i = 0; i < 200; ++i) {
+    RecordingSink sink;
+    auto tracker = MakeOperationTracker(&sink);
+    OperationControl control = tracker->Start(ImportInfo());
+    Operation op = control.handle();
+    std::atomic<int> final_updates{0};
+    op.OnProgress([&](const v1::OperationStatus& st) {
+      if (st.phase() == v1::OPERATION_PHASE_SUCCEEDED) {
+        std::this_thread::sleep_for(std::chrono::microseconds(50));  // Widen the window.
+        ++final_updates;
+      }
+    });
+    std::thread worker([c = std::move(control)]() mutable { c.Finish(Status()); });
+    ASSERT_TRUE(op.Wait(10s).ok());
+    EXPECT_TRUE(op.done());
+    EXPECT_EQ(final_updates.load(), 1);
+    auto events = sink.Events();
+    ASSERT_FALSE(events.empty());
+    EXPECT_EQ(events.back().reason(), "OperationFinished");
+    worker.join();
+  }
+}
+
 TEST(OperationTest, FailureCarriesCodeAndMessage) {
   auto tracker = MakeOperationTracker();
   OperationControl control = tracker->Start(ImportInfo());
