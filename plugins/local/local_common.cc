@@ -1,19 +1,14 @@
 // Helpers shared by the local plugin's backends: options, files, metadata, worker threads.
 #include <errno.h>
 #include <fcntl.h>
-#include <google/protobuf/util/message_differencer.h>
 #include <google/protobuf/util/time_util.h>
 #include <stdio.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <boost/uuid/random_generator.hpp>
-#include <boost/uuid/uuid_io.hpp>
-#include <cmath>
-#include <cstdio>
-#include <exception>
 #include <utility>
 
+#include "hci/options.h"
 #include "local_internal.h"
 
 namespace hci::local {
@@ -21,71 +16,23 @@ namespace hci::local {
 // ---------------------------------------------------------------------------------------------
 // Options
 
-namespace {
-
-using google::protobuf::Value;
-
-std::string KindOf(const Value& v) {
-  switch (v.kind_case()) {
-    case Value::kNullValue:
-      return "null";
-    case Value::kNumberValue:
-      return "a number";
-    case Value::kStringValue:
-      return "a string";
-    case Value::kBoolValue:
-      return "a boolean";
-    case Value::kStructValue:
-      return "a map";
-    case Value::kListValue:
-      return "a list";
-    default:
-      return "nothing";
-  }
-}
-
-Result<std::uint64_t> ParseUnsigned(const Value& v, const std::string& key, std::uint64_t max) {
-  if (v.kind_case() != Value::kNumberValue) {
-    return InvalidArgument(key + ": expected a non-negative integer, got " + KindOf(v));
-  }
-  double d = v.number_value();
-  if (!std::isfinite(d) || d < 0 || d != std::floor(d) || d > static_cast<double>(max)) {
-    return InvalidArgument(key + ": " + std::to_string(d) + " is not an integer between 0 and " +
-                           std::to_string(max));
-  }
-  return static_cast<std::uint64_t>(d);
-}
-
-}  // namespace
-
 Result<Options> ParseOptions(const google::protobuf::Struct& options, BackendKind kind) {
   Options out;
-  const bool image = kind == BackendKind::kImage;
-  constexpr std::uint64_t kMaxSeconds = 24 * 3600;
-  for (const auto& [key, value] : options.fields()) {
-    if (key == "qemu_img") {
-      if (value.kind_case() != Value::kStringValue || value.string_value().empty()) {
-        return InvalidArgument(key + ": expected a program name or path, got " + KindOf(value));
-      }
-      out.qemu_img = value.string_value();
-    } else if (image && key == "connect_timeout_seconds") {
-      HCI_ASSIGN_OR_RAISE(auto s, ParseUnsigned(value, key, kMaxSeconds));
-      if (s == 0) return InvalidArgument(key + ": must be at least 1");
-      out.connect_timeout_seconds = static_cast<std::uint32_t>(s);
-    } else if (image && key == "stall_timeout_seconds") {
-      HCI_ASSIGN_OR_RAISE(auto s, ParseUnsigned(value, key, kMaxSeconds));
-      if (s == 0) return InvalidArgument(key + ": must be at least 1");
-      out.stall_timeout_seconds = static_cast<std::uint32_t>(s);
-    } else if (image && key == "max_bytes_per_second") {
-      HCI_ASSIGN_OR_RAISE(out.max_bytes_per_second, ParseUnsigned(value, key, 1ull << 50));
-    } else {
-      return InvalidArgument(key + ": unknown option for the " +
-                             std::string(BackendKindName(kind)) + " binding of plugin \"local\"" +
-                             (image ? " (expected qemu_img, connect_timeout_seconds, "
-                                      "stall_timeout_seconds, max_bytes_per_second)"
-                                    : " (expected qemu_img)"));
-    }
+  OptionsReader reader(options, "");
+  HCI_ASSIGN_OR_RAISE(out.qemu_img, reader.String("qemu_img", out.qemu_img));
+  // Storage bindings never fetch, so the fetch options are unknown (refused) there.
+  if (kind == BackendKind::kImage) {
+    constexpr std::uint64_t kMaxSeconds = 24 * 3600;
+    HCI_ASSIGN_OR_RAISE(auto connect, reader.Unsigned("connect_timeout_seconds",
+                                                      out.connect_timeout_seconds, 1, kMaxSeconds));
+    out.connect_timeout_seconds = static_cast<std::uint32_t>(connect);
+    HCI_ASSIGN_OR_RAISE(auto stall, reader.Unsigned("stall_timeout_seconds",
+                                                    out.stall_timeout_seconds, 1, kMaxSeconds));
+    out.stall_timeout_seconds = static_cast<std::uint32_t>(stall);
+    HCI_ASSIGN_OR_RAISE(out.max_bytes_per_second,
+                        reader.Unsigned("max_bytes_per_second", 0, 0, 1ull << 50));
   }
+  HCI_RETURN_NOT_OK(reader.RejectUnknown());
   return out;
 }
 
@@ -214,53 +161,7 @@ void Workers::Stop() {
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-std::string NewUid() {
-  // random_generator throws only when the OS has no entropy to give; no exception may leave the
-  // plugin, so fall back to a process-unique id.
-  try {
-    thread_local boost::uuids::random_generator generator;
-    return boost::uuids::to_string(generator());
-  } catch (const std::exception&) {
-    static std::atomic<std::uint64_t> counter{0};
-    char buf[40];
-    std::snprintf(buf, sizeof(buf), "00000000-0000-4000-8000-%012llx",
-                  static_cast<unsigned long long>(++counter));
-    return buf;
-  }
-}
-
 google::protobuf::Timestamp Now() { return google::protobuf::util::TimeUtil::GetCurrentTime(); }
-
-v1::ObjectMeta NewMeta(const v1::ObjectMeta& requested) {
-  v1::ObjectMeta meta;
-  meta.set_name(requested.name());
-  *meta.mutable_labels() = requested.labels();
-  *meta.mutable_annotations() = requested.annotations();
-  meta.set_uid(NewUid());
-  *meta.mutable_creation_time() = Now();
-  return meta;
-}
-
-bool MatchesLabels(const google::protobuf::Map<std::string, std::string>& labels,
-                   const google::protobuf::Map<std::string, std::string>& selector) {
-  for (const auto& [key, value] : selector) {
-    auto it = labels.find(key);
-    if (it == labels.end() || it->second != value) return false;
-  }
-  return true;
-}
-
-std::string DescribeDifference(const google::protobuf::Message& a,
-                               const google::protobuf::Message& b) {
-  using google::protobuf::util::MessageDifferencer;
-  std::string report;
-  MessageDifferencer differencer;
-  differencer.ReportDifferencesToString(&report);
-  if (differencer.Compare(a, b)) return "";
-  auto newline = report.find('\n');
-  if (newline != std::string::npos) report.resize(newline);
-  return report.empty() ? "specs differ" : report;
-}
 
 std::string Quote(std::string_view s) { return "\"" + std::string(s) + "\""; }
 

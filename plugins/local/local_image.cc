@@ -106,7 +106,8 @@ class LocalImage final : public ImageBackend {
     auto it = store_->images.find(name);
     if (it != store_->images.end()) {
       ImageRecord& record = it->second;
-      if (std::string diff = DescribeDifference(record.obj.spec(), request.spec()); !diff.empty()) {
+      if (std::string diff = DescribeSpecDifference(record.obj.spec(), request.spec());
+          !diff.empty()) {
         return AlreadyExists("image " + Quote(name) + " already exists with a different spec (" +
                              diff + ")");
       }
@@ -119,7 +120,7 @@ class LocalImage final : public ImageBackend {
     } else {
       HCI_RETURN_NOT_OK(ValidateImageSpec(request.spec()));
       ImageRecord record;
-      *record.obj.mutable_metadata() = NewMeta(request.metadata());
+      *record.obj.mutable_metadata() = NewObjectMeta(request.metadata());
       *record.obj.mutable_spec() = request.spec();
       it = store_->images.emplace(name, std::move(record)).first;
     }

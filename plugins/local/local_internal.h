@@ -24,6 +24,7 @@
 
 #include "hci/image.h"
 #include "hci/logging.h"
+#include "hci/object_meta.h"
 #include "hci/operation.h"
 #include "hci/plugin.h"
 #include "hci/result.h"
@@ -57,7 +58,7 @@ struct Options {
 
 /// Parses the options Struct of a binding of `kind`. Unknown keys and keys of the other kind
 /// are refused with InvalidArgument naming the key, e.g. "max_bytes_per_second: expected a
-/// non-negative integer, got a string".
+/// non-negative integer, got a string" or "latency_ms: unknown option (known: qemu_img)".
 Result<Options> ParseOptions(const google::protobuf::Struct& options, BackendKind kind);
 
 // ---------------------------------------------------------------------------------------------
@@ -273,15 +274,8 @@ class TempFile {
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-std::string NewUid();
+/// The current wall-clock time.
 google::protobuf::Timestamp Now();
-/// A copy of `requested` (name, labels, annotations) with a new uid and creation_time.
-v1::ObjectMeta NewMeta(const v1::ObjectMeta& requested);
-bool MatchesLabels(const google::protobuf::Map<std::string, std::string>& labels,
-                   const google::protobuf::Map<std::string, std::string>& selector);
-/// Empty when equal, else a one-line description of the first difference.
-std::string DescribeDifference(const google::protobuf::Message& a,
-                               const google::protobuf::Message& b);
 /// "\"name\"".
 std::string Quote(std::string_view s);
 /// `<kind> "<name>" does not exist`, with `field: ` in front when given.

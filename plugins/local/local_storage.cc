@@ -156,7 +156,7 @@ class LocalStorage final : public StorageBackend {
     HCI_RETURN_NOT_OK(SyncFile(tmp.path()));
 
     VolumeRecord record;
-    *record.obj.mutable_metadata() = NewMeta(request.metadata());
+    *record.obj.mutable_metadata() = NewObjectMeta(request.metadata());
     *record.obj.mutable_spec() = spec;
     record.obj.mutable_spec()->set_size_bytes(plan.size);
     record.requested = spec;
@@ -372,7 +372,7 @@ class LocalStorage final : public StorageBackend {
       }
     }
     HCI_RETURN_NOT_OK(created);
-    *record.obj.mutable_metadata() = NewMeta(request.metadata());
+    *record.obj.mutable_metadata() = NewObjectMeta(request.metadata());
     record.obj.set_volume(volume);
     auto* status = record.obj.mutable_status();
     status->set_ready_to_use(true);
@@ -493,10 +493,10 @@ class LocalStorage final : public StorageBackend {
   }
 
   Result<v1::Volume> Existing(const VolumeRecord& record, const v1::CreateVolumeRequest& request) {
-    if (!DescribeDifference(record.requested, request.spec()).empty()) {
+    if (!DescribeSpecDifference(record.requested, request.spec()).empty()) {
       return AlreadyExists("volume " + Quote(request.metadata().name()) +
                            " already exists with a different spec (" +
-                           DescribeDifference(record.requested, request.spec()) + ")");
+                           DescribeSpecDifference(record.requested, request.spec()) + ")");
     }
     return Refreshed(record);
   }

@@ -112,14 +112,14 @@ class MockBackup final : public BackupBackend {
     const std::string& name = request.metadata().name();
     std::lock_guard lock(mu_);
     if (auto it = targets_.find(name); it != targets_.end()) {
-      if (!DescribeDifference(it->second.spec(), request.spec()).empty()) {
+      if (!DescribeSpecDifference(it->second.spec(), request.spec()).empty()) {
         return SpecConflict("backup target", name, it->second.spec(), request.spec());
       }
       return it->second;
     }
     HCI_RETURN_NOT_OK(ValidateTargetSpec(request.spec()));
     v1::BackupTarget target;
-    *target.mutable_metadata() = NewMeta(request.metadata());
+    *target.mutable_metadata() = NewObjectMeta(request.metadata());
     *target.mutable_spec() = request.spec();
     target.mutable_status()->set_phase(v1::BACKUP_TARGET_PHASE_AVAILABLE);
     *target.mutable_status()->mutable_last_sync_time() = Now();
@@ -193,7 +193,7 @@ class MockBackup final : public BackupBackend {
       if (it->second.obj.status().phase() != v1::BACKUP_PHASE_FAILED) return it->second.op;
     } else {
       BackupRec rec;
-      *rec.obj.mutable_metadata() = NewMeta(request.metadata());
+      *rec.obj.mutable_metadata() = NewObjectMeta(request.metadata());
       it = store.emplace(name, std::move(rec)).first;
     }
     BackupRec& rec = it->second;
@@ -389,7 +389,7 @@ class MockBackup final : public BackupBackend {
     v1::BackupSpec b = requested;
     a.clear_target();
     b.clear_target();
-    if (DescribeDifference(a, b).empty()) return Status();
+    if (DescribeSpecDifference(a, b).empty()) return Status();
     return SpecConflict("backup", name, a, b);
   }
 

@@ -333,7 +333,7 @@ class MockCompute final : public ComputeBackend {
       std::lock_guard lock(mu_);
       if (auto it = vms_.find(name); it != vms_.end()) return Existing(*it->second, request);
       auto vm = std::make_unique<Vm>();
-      *vm->obj.mutable_metadata() = NewMeta(request.metadata());
+      *vm->obj.mutable_metadata() = NewObjectMeta(request.metadata());
       *vm->obj.mutable_spec() = request.spec();
       auto* status = vm->obj.mutable_status();
       status->set_node(env_->context().node_name());
@@ -531,7 +531,7 @@ class MockCompute final : public ComputeBackend {
   }
 
   Result<v1::VirtualMachine> Existing(const Vm& vm, const v1::CreateVmRequest& request) {
-    if (!DescribeDifference(vm.obj.spec(), request.spec()).empty()) {
+    if (!DescribeSpecDifference(vm.obj.spec(), request.spec()).empty()) {
       return SpecConflict("vm", request.metadata().name(), vm.obj.spec(), request.spec());
     }
     return vm.obj;

@@ -119,7 +119,7 @@ class MockImage final : public ImageBackend {
     auto it = images_.find(name);
     if (it != images_.end()) {
       Img& img = it->second;
-      if (!DescribeDifference(img.obj.spec(), request.spec()).empty()) {
+      if (!DescribeSpecDifference(img.obj.spec(), request.spec()).empty()) {
         return SpecConflict("image", name, img.obj.spec(), request.spec());
       }
       // Running or done: the same import. Failed (or cancelled): the repeat is a retry.
@@ -127,7 +127,7 @@ class MockImage final : public ImageBackend {
     } else {
       HCI_RETURN_NOT_OK(ValidateImageSpec(request.spec()));
       Img img;
-      *img.obj.mutable_metadata() = NewMeta(request.metadata());
+      *img.obj.mutable_metadata() = NewObjectMeta(request.metadata());
       *img.obj.mutable_spec() = request.spec();
       it = images_.emplace(name, std::move(img)).first;
     }

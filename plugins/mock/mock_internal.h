@@ -2,7 +2,6 @@
 // threads and the small helpers every mock backend uses.
 #pragma once
 
-#include <google/protobuf/map.h>
 #include <google/protobuf/message.h>
 #include <google/protobuf/struct.pb.h>
 #include <google/protobuf/timestamp.pb.h>
@@ -25,6 +24,7 @@
 #include "hci/fault_injection.h"
 #include "hci/image.h"
 #include "hci/network.h"
+#include "hci/object_meta.h"
 #include "hci/plugin.h"
 #include "hci/result.h"
 #include "hci/status.h"
@@ -178,17 +178,8 @@ class BackendEnv {
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-/// A random RFC 4122 version-4 UUID.
-std::string NewUid();
+/// The current wall-clock time.
 google::protobuf::Timestamp Now();
-/// A copy of `requested` (name, labels, annotations) with a new uid and creation_time.
-v1::ObjectMeta NewMeta(const v1::ObjectMeta& requested);
-/// True when `labels` carries every key/value of `selector`.
-bool MatchesLabels(const google::protobuf::Map<std::string, std::string>& labels,
-                   const google::protobuf::Map<std::string, std::string>& selector);
-/// Empty when equal, else a one-line description of the first difference.
-std::string DescribeDifference(const google::protobuf::Message& existing,
-                               const google::protobuf::Message& requested);
 /// `<kind> "<name>" already exists with a different spec (<difference>)`.
 Status SpecConflict(std::string_view kind, std::string_view name,
                     const google::protobuf::Message& existing,

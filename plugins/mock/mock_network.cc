@@ -134,14 +134,14 @@ class MockNetwork final : public NetworkBackend {
     const std::string& name = request.metadata().name();
     std::lock_guard lock(mu_);
     if (auto it = networks_.find(name); it != networks_.end()) {
-      if (!DescribeDifference(it->second.spec(), request.spec()).empty()) {
+      if (!DescribeSpecDifference(it->second.spec(), request.spec()).empty()) {
         return SpecConflict("network", name, it->second.spec(), request.spec());
       }
       return it->second;
     }
     HCI_RETURN_NOT_OK(ValidateNetworkSpec(request.spec()));
     v1::Network net;
-    *net.mutable_metadata() = NewMeta(request.metadata());
+    *net.mutable_metadata() = NewObjectMeta(request.metadata());
     *net.mutable_spec() = request.spec();
     const std::string& cluster = request.spec().cluster_network();
     net.mutable_status()->set_phase(v1::NETWORK_PHASE_READY);
@@ -206,7 +206,7 @@ class MockNetwork final : public NetworkBackend {
     const auto& spec = request.spec();
     std::lock_guard lock(mu_);
     if (auto it = ports_.find(name); it != ports_.end()) {
-      if (!DescribeDifference(it->second.spec(), spec).empty()) {
+      if (!DescribeSpecDifference(it->second.spec(), spec).empty()) {
         return SpecConflict("port", name, it->second.spec(), spec);
       }
       return it->second;
@@ -232,7 +232,7 @@ class MockNetwork final : public NetworkBackend {
       }
     }
     v1::Port port;
-    *port.mutable_metadata() = NewMeta(request.metadata());
+    *port.mutable_metadata() = NewObjectMeta(request.metadata());
     *port.mutable_spec() = spec;
     port.mutable_status()->set_phase(v1::NETWORK_PHASE_READY);
     port.mutable_status()->set_mac_address(mac);

@@ -1,47 +1,18 @@
 // Parsing of the mock's binding options (backends.<kind>.options in the host config).
 #include <cctype>
+#include <chrono>
 #include <cmath>
 #include <limits>
 #include <string>
+#include <utility>
 
+#include "hci/options.h"
 #include "mock_internal.h"
 
 namespace hci::mock {
 namespace {
 
 using google::protobuf::Value;
-
-std::string KindName(const Value& v) {
-  switch (v.kind_case()) {
-    case Value::kNullValue:
-      return "null";
-    case Value::kNumberValue:
-      return "a number";
-    case Value::kStringValue:
-      return "a string";
-    case Value::kBoolValue:
-      return "a boolean";
-    case Value::kStructValue:
-      return "a map";
-    case Value::kListValue:
-      return "a list";
-    default:
-      return "nothing";
-  }
-}
-
-// A non-negative integer no larger than `max`.
-Result<std::uint64_t> ParseCount(const Value& v, const std::string& field, std::uint64_t max) {
-  if (v.kind_case() != Value::kNumberValue) {
-    return InvalidArgument(field + ": expected a non-negative integer, got " + KindName(v));
-  }
-  double d = v.number_value();
-  if (!std::isfinite(d) || d < 0 || d != std::floor(d) || d > static_cast<double>(max)) {
-    return InvalidArgument(field + ": " + std::to_string(d) + " is not an integer between 0 and " +
-                           std::to_string(max));
-  }
-  return static_cast<std::uint64_t>(d);
-}
 
 std::string Normalize(std::string_view s) {
   std::string out;
@@ -64,7 +35,8 @@ Result<int> ParseCode(const Value& v, const std::string& field) {
                            " is not a status code name (e.g. \"Unavailable\" or 14)");
   }
   if (v.kind_case() != Value::kNumberValue) {
-    return InvalidArgument(field + ": expected a status code (0-16 or a name), got " + KindName(v));
+    return InvalidArgument(field + ": expected a status code (0-16 or a name), got " +
+                           ValueKindName(v));
   }
   double d = v.number_value();
   if (!std::isfinite(d) || d != std::floor(d) || d < 0 || d > kMax) {
@@ -77,36 +49,25 @@ Result<int> ParseCode(const Value& v, const std::string& field) {
 Result<v1::Fault> ParseFault(const Value& v, const std::string& prefix) {
   if (v.kind_case() != Value::kStructValue) {
     return InvalidArgument(prefix + ": expected a map with operation, code, count, latency_ms, " +
-                           "message; got " + KindName(v));
+                           "message; got " + ValueKindName(v));
   }
   v1::Fault fault;
   constexpr auto kU32 = std::numeric_limits<std::uint32_t>::max();
-  for (const auto& [key, value] : v.struct_value().fields()) {
-    std::string field = prefix + "." + key;
-    if (key == "operation") {
-      if (value.kind_case() != Value::kStringValue) {
-        return InvalidArgument(field + ": expected a string, got " + KindName(value));
-      }
-      fault.set_operation(value.string_value());
-    } else if (key == "code") {
-      HCI_ASSIGN_OR_RAISE(int code, ParseCode(value, field));
-      fault.set_code(code);
-    } else if (key == "count") {
-      HCI_ASSIGN_OR_RAISE(auto count, ParseCount(value, field, kU32));
-      fault.set_count(static_cast<std::uint32_t>(count));
-    } else if (key == "latency_ms" || key == "latencyMs") {
-      HCI_ASSIGN_OR_RAISE(auto ms, ParseCount(value, field, kU32));
-      fault.set_latency_ms(static_cast<std::uint32_t>(ms));
-    } else if (key == "message") {
-      if (value.kind_case() != Value::kStringValue) {
-        return InvalidArgument(field + ": expected a string, got " + KindName(value));
-      }
-      fault.set_message(value.string_value());
-    } else {
-      return InvalidArgument(field + ": unknown field (expected operation, code, count, " +
-                             "latency_ms, message)");
-    }
+  OptionsReader reader(v.struct_value(), prefix);
+  HCI_ASSIGN_OR_RAISE(auto operation, reader.String("operation", "", /*allow_empty=*/true));
+  fault.set_operation(std::move(operation));
+  if (const Value* code = reader.Raw("code")) {
+    HCI_ASSIGN_OR_RAISE(int c, ParseCode(*code, reader.Field("code")));
+    fault.set_code(c);
   }
+  HCI_ASSIGN_OR_RAISE(auto count, reader.Unsigned("count", 0, 0, kU32));
+  fault.set_count(static_cast<std::uint32_t>(count));
+  HCI_ASSIGN_OR_RAISE(auto ms, reader.Unsigned("latency_ms", 0, 0, kU32));
+  HCI_ASSIGN_OR_RAISE(ms, reader.Unsigned("latencyMs", ms, 0, kU32));
+  fault.set_latency_ms(static_cast<std::uint32_t>(ms));
+  HCI_ASSIGN_OR_RAISE(auto message, reader.String("message", "", /*allow_empty=*/true));
+  fault.set_message(std::move(message));
+  HCI_RETURN_NOT_OK(reader.RejectUnknown());
   HCI_RETURN_NOT_OK(ValidateFault(fault, prefix));
   return fault;
 }
@@ -114,30 +75,32 @@ Result<v1::Fault> ParseFault(const Value& v, const std::string& prefix) {
 }  // namespace
 
 Result<Options> ParseOptions(const google::protobuf::Struct& options) {
+  using std::chrono::milliseconds;
   Options out;
-  // Long enough for a day, short enough that a typo cannot hang a test run for weeks.
-  constexpr std::uint64_t kMaxMs = 24ull * 3600 * 1000;
-  for (const auto& [key, value] : options.fields()) {
-    if (key == "faults") {
-      if (value.kind_case() != Value::kListValue) {
-        return InvalidArgument("faults: expected a list of faults, got " + KindName(value));
-      }
-      const auto& list = value.list_value().values();
-      for (int i = 0; i < list.size(); ++i) {
-        HCI_ASSIGN_OR_RAISE(auto fault, ParseFault(list[i], "faults[" + std::to_string(i) + "]"));
-        out.faults.push_back(std::move(fault));
-      }
-    } else if (key == "latency_ms" || key == "latencyMs") {
-      HCI_ASSIGN_OR_RAISE(auto ms, ParseCount(value, key, kMaxMs));
-      out.latency_ms = static_cast<std::uint32_t>(ms);
-    } else if (key == "operation_step_ms" || key == "operationStepMs") {
-      HCI_ASSIGN_OR_RAISE(auto ms, ParseCount(value, key, kMaxMs));
-      out.operation_step_ms = static_cast<std::uint32_t>(ms);
-    } else {
-      return InvalidArgument(key + ": unknown option of the mock plugin (expected faults, " +
-                             "latency_ms, operation_step_ms)");
+  OptionsReader reader(options, "");
+  if (const Value* faults = reader.Raw("faults")) {
+    if (faults->kind_case() != Value::kListValue) {
+      return InvalidArgument("faults: expected a list of faults, got " + ValueKindName(*faults));
+    }
+    const auto& list = faults->list_value().values();
+    for (int i = 0; i < list.size(); ++i) {
+      HCI_ASSIGN_OR_RAISE(auto fault, ParseFault(list[i], "faults[" + std::to_string(i) + "]"));
+      out.faults.push_back(std::move(fault));
     }
   }
+  // Long enough for a day, short enough that a typo cannot hang a test run for weeks.
+  constexpr milliseconds kMax(24ll * 3600 * 1000);
+  // Each option also accepts its camelCase spelling (as YAML configs tend to write it).
+  HCI_ASSIGN_OR_RAISE(auto latency, reader.Millis("latency_ms", milliseconds(out.latency_ms),
+                                                  milliseconds(0), kMax));
+  HCI_ASSIGN_OR_RAISE(latency, reader.Millis("latencyMs", latency, milliseconds(0), kMax));
+  out.latency_ms = static_cast<std::uint32_t>(latency.count());
+  HCI_ASSIGN_OR_RAISE(auto step,
+                      reader.Millis("operation_step_ms", milliseconds(out.operation_step_ms),
+                                    milliseconds(0), kMax));
+  HCI_ASSIGN_OR_RAISE(step, reader.Millis("operationStepMs", step, milliseconds(0), kMax));
+  out.operation_step_ms = static_cast<std::uint32_t>(step.count());
+  HCI_RETURN_NOT_OK(reader.RejectUnknown());
   return out;
 }
 

@@ -165,7 +165,7 @@ class MockStorage final : public StorageBackend {
     }
 
     Vol vol;
-    *vol.obj.mutable_metadata() = NewMeta(request.metadata());
+    *vol.obj.mutable_metadata() = NewObjectMeta(request.metadata());
     *vol.obj.mutable_spec() = spec;
     vol.obj.mutable_spec()->set_size_bytes(size);
     vol.requested = spec;
@@ -294,7 +294,7 @@ class MockStorage final : public StorageBackend {
     HCI_ASSIGN_OR_RAISE(Vol * vol, FindLocked(request.volume()));
     if (auto it = vol->snapshots.find(name); it != vol->snapshots.end()) return it->second.obj;
     Snap snap;
-    *snap.obj.mutable_metadata() = NewMeta(request.metadata());
+    *snap.obj.mutable_metadata() = NewObjectMeta(request.metadata());
     snap.obj.set_volume(request.volume());
     snap.generation = vol->generation;
     snap.size_bytes = vol->obj.spec().size_bytes();
@@ -414,7 +414,7 @@ class MockStorage final : public StorageBackend {
   }
 
   Result<v1::Volume> Existing(const Vol& vol, const v1::CreateVolumeRequest& request) {
-    if (!DescribeDifference(vol.requested, request.spec()).empty()) {
+    if (!DescribeSpecDifference(vol.requested, request.spec()).empty()) {
       return SpecConflict("volume", request.metadata().name(), vol.requested, request.spec());
     }
     return vol.obj;

@@ -35,13 +35,14 @@ hci::Status Run(const std::string& config_path) {
   hci::v1::StartVmRequest start;
   start.set_name("demo");
   HCI_ASSIGN_OR_RAISE(hci::v1::VirtualMachine started, compute->StartVm(start));
-  std::cout << "demo: " << hci::v1::VmPhase_Name(started.status().phase()) << "\n";
+  // One string per line: the event thread writes to std::cout too.
+  std::cout << "demo: " + hci::v1::VmPhase_Name(started.status().phase()) + "\n";
 
   hci::v1::StopVmRequest stop;
   stop.set_name("demo");
   HCI_ASSIGN_OR_RAISE(hci::v1::VirtualMachine stopped, compute->StopVm(stop));
-  std::cout << "demo: " << hci::v1::VmPhase_Name(stopped.status().phase()) << " ("
-            << stopped.status().reason() << ")\n";
+  std::cout << "demo: " + hci::v1::VmPhase_Name(stopped.status().phase()) + " (" +
+                   stopped.status().reason() + ")\n";
   return hci::Status::OK();
 }
 
