@@ -31,6 +31,13 @@
 #include <utility>
 #include <vector>
 
+#include "hci/names.h"
+#include "hci/v1/backup.pb.h"
+#include "hci/v1/compute.pb.h"
+#include "hci/v1/image.pb.h"
+#include "hci/v1/network.pb.h"
+#include "hci/v1/storage.pb.h"
+
 namespace hci {
 namespace {
 
@@ -59,7 +66,8 @@ constexpr int32_t kNanosPerSecond = 1000000000;
 // ---------------------------------------------------------------------------------------------
 // Text helpers.
 
-bool IsValidUtf8(std::string_view s) {
+// Offset of the first byte that is not part of a valid UTF-8 sequence; npos when there is none.
+size_t Utf8ErrorOffset(std::string_view s) {
   size_t i = 0;
   while (i < s.size()) {
     const auto c = static_cast<unsigned char>(s[i]);
@@ -79,21 +87,23 @@ bool IsValidUtf8(std::string_view s) {
       len = 4;
       cp = c & 0x07;
     } else {
-      return false;
+      return i;
     }
-    if (i + len > s.size()) return false;
+    if (i + len > s.size()) return i;
     for (size_t k = 1; k < len; ++k) {
       const auto cc = static_cast<unsigned char>(s[i + k]);
-      if ((cc & 0xC0) != 0x80) return false;
+      if ((cc & 0xC0) != 0x80) return i;
       cp = (cp << 6) | (cc & 0x3F);
     }
     const bool overlong =
         (len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000);
-    if (overlong || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return false;
+    if (overlong || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return i;
     i += len;
   }
-  return true;
+  return std::string_view::npos;
 }
+
+bool IsValidUtf8(std::string_view s) { return Utf8ErrorOffset(s) == std::string_view::npos; }
 
 // `s` in double quotes, escaped, and shortened: for error messages.
 std::string Quote(std::string_view s) {
@@ -651,6 +661,79 @@ Status Error(std::string_view path, const YAML::Mark& mark, std::string_view wha
       fmt::format("{}{}{}{}", path, path.empty() ? "" : ": ", what, Where(mark)));
 }
 
+// Where a node tree sits in the caller's text, and how errors about it are worded.
+struct SourceContext {
+  // 0: the one document of ParseYaml, whose errors end in " at line L, column C". Otherwise
+  // the 1-based number of a manifest document, whose errors start with "document N (line L): ".
+  int document = 0;
+  // 0-based line in the whole stream where the tree's text starts: marks are relative to it.
+  int base_line = 0;
+  // Absolute 0-based line for errors that have no position.
+  int fallback_line = 0;
+  // Expand ${NAME} references in scalar values (manifests).
+  bool expand_env = false;
+};
+
+Status ContextError(const SourceContext& context, std::string_view path, const YAML::Mark& mark,
+                    std::string_view what) {
+  if (context.document == 0) return Error(path, mark, what);
+  const int line = mark.is_null() ? context.fallback_line : context.base_line + mark.line;
+  return InvalidArgument(fmt::format("document {} (line {}): {}{}{}", context.document, line + 1,
+                                     path, path.empty() ? "" : ": ", what));
+}
+
+bool IsEnvName(std::string_view name) {
+  if (name.empty() || IsDigit(name[0])) return false;
+  return std::all_of(name.begin(), name.end(), [](char c) {
+    return IsDigit(c) || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
+  });
+}
+
+// Replaces each ${NAME} in `in` by the environment variable NAME, and $${ by ${. Returns the
+// reason when a reference is malformed or names an unset variable.
+std::optional<std::string> ExpandEnvReferences(std::string_view in, std::string* out) {
+  out->clear();
+  size_t i = 0;
+  while (i < in.size()) {
+    const size_t dollar = in.find('$', i);
+    if (dollar == std::string_view::npos) {
+      out->append(in.substr(i));
+      break;
+    }
+    out->append(in.substr(i, dollar - i));
+    const std::string_view rest = in.substr(dollar);
+    if (rest.starts_with("$${")) {
+      *out += "${";
+      i = dollar + 3;
+      continue;
+    }
+    if (!rest.starts_with("${")) {
+      *out += '$';
+      i = dollar + 1;
+      continue;
+    }
+    const size_t close = rest.find('}');
+    if (close == std::string_view::npos) {
+      return fmt::format("unterminated environment reference {} (write $${{ for a literal ${{)",
+                         Quote(rest));
+    }
+    const std::string_view name = rest.substr(2, close - 2);
+    if (!IsEnvName(name)) {
+      return fmt::format(
+          "{} is not a valid environment reference (expected ${{NAME}} with letters, digits and "
+          "'_'; write $${{ for a literal ${{)",
+          Quote(rest.substr(0, close + 1)));
+    }
+    const char* value = std::getenv(std::string(name).c_str());
+    if (value == nullptr) {
+      return fmt::format("environment variable {} is not set (referenced as ${{{}}})", name, name);
+    }
+    out->append(value);
+    i = dollar + close + 1;
+  }
+  return std::nullopt;
+}
+
 std::string Describe(const YAML::Node& node) {
   switch (node.Type()) {
     case YAML::NodeType::Null:
@@ -745,6 +828,27 @@ class Reader {
  public:
   explicit Reader(size_t node_budget) : node_budget_(node_budget) {}
 
+  void set_context(const SourceContext& context) { context_ = context; }
+  const SourceContext& context() const { return context_; }
+
+  // Errors are worded for the current context (a single document or a manifest document).
+  Status Error(std::string_view path, const YAML::Mark& mark, std::string_view what) const {
+    return ContextError(context_, path, mark, what);
+  }
+
+  // The text of the scalar `node`, with environment references expanded when the context says
+  // so.
+  Status ScalarText(const YAML::Node& node, const std::string& path, std::string* out) const {
+    if (!context_.expand_env) {
+      *out = node.Scalar();
+      return Status::OK();
+    }
+    if (const std::optional<std::string> error = ExpandEnvReferences(node.Scalar(), out)) {
+      return Error(path, node.Mark(), *error);
+    }
+    return Status::OK();
+  }
+
   // Any message, including the well-known types with a special YAML form. `node` is not null.
   Status ReadMessageLike(const YAML::Node& node, pb::Message* msg, const std::string& path,
                          int depth) {
@@ -780,7 +884,16 @@ class Reader {
     return ReadMessage(node, msg, path, depth);
   }
 
- private:
+  // Reads `value` into the field `field` of the top-level message `msg` (a manifest's metadata or
+  // spec).
+  Status ReadTopLevelField(const YAML::Node& value, pb::Message* msg, const FieldDescriptor* field,
+                           const std::string& path) {
+    HCI_RETURN_NOT_OK(Visit(value, path));
+    if (value.IsNull() && (field->is_repeated() || !IsValueField(field))) return Status::OK();
+    return ReadField(value, msg, field, path, 0);
+  }
+
+  // Counts a node against the budget.
   Status Visit(const YAML::Node& node, const std::string& path) {
     if (++nodes_visited_ > node_budget_) {
       return Error(path, node.Mark(),
@@ -790,6 +903,7 @@ class Reader {
     return Status::OK();
   }
 
+ private:
   Status ReadMessage(const YAML::Node& node, pb::Message* msg, const std::string& path, int depth) {
     const Descriptor* d = msg->GetDescriptor();
     if (!node.IsMap()) {
@@ -940,14 +1054,16 @@ class Reader {
       return Error(path, node.Mark(),
                    fmt::format("expected {}, got {}", ExpectedScalar(field), Describe(node)));
     }
-    const std::string& text = node.Scalar();
+    std::string expanded;
+    if (!map_key) HCI_RETURN_NOT_OK(ScalarText(node, path, &expanded));
+    const std::string& text = map_key ? node.Scalar() : expanded;
     const bool plain = IsPlain(node);
     switch (field->cpp_type()) {
       case FieldDescriptor::CPPTYPE_INT32:
       case FieldDescriptor::CPPTYPE_INT64:
       case FieldDescriptor::CPPTYPE_UINT32:
       case FieldDescriptor::CPPTYPE_UINT64:
-        return ReadInteger(node, field, path, &out->integer);
+        return ReadInteger(node, text, field, path, &out->integer);
       case FieldDescriptor::CPPTYPE_DOUBLE:
       case FieldDescriptor::CPPTYPE_FLOAT: {
         const bool is_float = field->cpp_type() == FieldDescriptor::CPPTYPE_FLOAT;
@@ -1016,9 +1132,9 @@ class Reader {
     return TypeName(field);
   }
 
-  static Status ReadInteger(const YAML::Node& node, const FieldDescriptor* field,
-                            const std::string& path, IntValue* out) {
-    const std::string& text = node.Scalar();
+  // `text` is the node's (expanded) text.
+  Status ReadInteger(const YAML::Node& node, const std::string& text, const FieldDescriptor* field,
+                     const std::string& path, IntValue* out) const {
     const uint64_t unit = QuantityUnit(field);
     NumParse p = ParseIntLiteral(text, out);
     if (p == NumParse::kSyntax && unit != 0) {
@@ -1142,7 +1258,8 @@ class Reader {
         r->SetEnumValue(msg, d->FindFieldByNumber(1), 0);
         return Status::OK();
     }
-    const std::string& text = node.Scalar();
+    std::string text;
+    HCI_RETURN_NOT_OK(ScalarText(node, path, &text));
     const PlainKind kind = IsPlain(node) ? ResolvePlain(text) : PlainKind::kString;
     switch (kind) {
       case PlainKind::kNull:
@@ -1173,9 +1290,11 @@ class Reader {
     return Status::OK();
   }
 
-  static Status ReadTimestamp(const YAML::Node& node, pb::Message* msg, const std::string& path) {
+  Status ReadTimestamp(const YAML::Node& node, pb::Message* msg, const std::string& path) const {
     pb::Timestamp ts;
-    if (!node.IsScalar() || !pb::util::TimeUtil::FromString(node.Scalar(), &ts)) {
+    std::string text;
+    if (node.IsScalar()) HCI_RETURN_NOT_OK(ScalarText(node, path, &text));
+    if (!node.IsScalar() || !pb::util::TimeUtil::FromString(text, &ts)) {
       return Error(path, node.Mark(),
                    fmt::format("expected an RFC 3339 timestamp such as "
                                "\"2024-05-01T12:00:00Z\", got {}",
@@ -1183,9 +1302,8 @@ class Reader {
     }
     if (ts.seconds() < kMinTimestampSeconds || ts.seconds() > kMaxTimestampSeconds ||
         ts.nanos() < 0 || ts.nanos() >= kNanosPerSecond) {
-      return Error(
-          path, node.Mark(),
-          fmt::format("timestamp {} is outside the years 0001 to 9999", Quote(node.Scalar())));
+      return Error(path, node.Mark(),
+                   fmt::format("timestamp {} is outside the years 0001 to 9999", Quote(text)));
     }
     const Descriptor* d = msg->GetDescriptor();
     msg->GetReflection()->SetInt64(msg, d->FindFieldByNumber(1), ts.seconds());
@@ -1193,9 +1311,11 @@ class Reader {
     return Status::OK();
   }
 
-  static Status ReadDuration(const YAML::Node& node, pb::Message* msg, const std::string& path) {
+  Status ReadDuration(const YAML::Node& node, pb::Message* msg, const std::string& path) const {
     pb::Duration duration;
-    if (!node.IsScalar() || !pb::util::TimeUtil::FromString(node.Scalar(), &duration)) {
+    std::string text;
+    if (node.IsScalar()) HCI_RETURN_NOT_OK(ScalarText(node, path, &text));
+    if (!node.IsScalar() || !pb::util::TimeUtil::FromString(text, &duration)) {
       return Error(
           path, node.Mark(),
           fmt::format("expected a duration in seconds such as \"1.5s\", got {}", Describe(node)));
@@ -1204,8 +1324,7 @@ class Reader {
     const int32_t n = duration.nanos();
     if (s < -kMaxDurationSeconds || s > kMaxDurationSeconds || n <= -kNanosPerSecond ||
         n >= kNanosPerSecond || (s > 0 && n < 0) || (s < 0 && n > 0)) {
-      return Error(path, node.Mark(),
-                   fmt::format("duration {} is out of range", Quote(node.Scalar())));
+      return Error(path, node.Mark(), fmt::format("duration {} is out of range", Quote(text)));
     }
     const Descriptor* d = msg->GetDescriptor();
     msg->GetReflection()->SetInt64(msg, d->FindFieldByNumber(1), s);
@@ -1215,6 +1334,7 @@ class Reader {
 
   size_t node_budget_;
   size_t nodes_visited_ = 0;
+  SourceContext context_;
 };
 
 // Notes where the second document starts, if there is one.
@@ -1266,6 +1386,245 @@ Status ParseYamlInto(std::string_view text, pb::Message* message) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Manifests.
+
+constexpr char kManifestApiVersion[] = "hci.dev/v1";
+// Far more documents than anyone writes by hand; keeps a hostile stream of "---" cheap.
+constexpr size_t kMaxManifestDocuments = 10000;
+
+struct ManifestKind {
+  std::string_view kind;
+  const pb::Message* prototype;
+};
+
+const std::vector<ManifestKind>& ManifestKinds() {
+  static const auto* const kinds = new std::vector<ManifestKind>{
+      {"VirtualMachine", &v1::VirtualMachine::default_instance()},
+      {"Volume", &v1::Volume::default_instance()},
+      {"Image", &v1::Image::default_instance()},
+      {"Network", &v1::Network::default_instance()},
+      {"Port", &v1::Port::default_instance()},
+      {"BackupTarget", &v1::BackupTarget::default_instance()},
+      {"Backup", &v1::Backup::default_instance()},
+  };
+  return *kinds;
+}
+
+std::string ManifestKindList() {
+  std::string out;
+  for (const ManifestKind& k : ManifestKinds()) {
+    if (!out.empty()) out += ", ";
+    out += k.kind;
+  }
+  return out;
+}
+
+// 1-based line of byte `offset` of `text`.
+size_t LineOf(std::string_view text, size_t offset) {
+  return static_cast<size_t>(
+             std::count(text.begin(), text.begin() + std::min(offset, text.size()), '\n')) +
+         1;
+}
+
+// The top-level keys of a manifest document besides `status`.
+constexpr std::string_view kManifestKeys[] = {"apiVersion", "kind", "metadata", "spec"};
+
+// One document's tree (not null) into an object.
+Result<ManifestObject> ReadManifestDocument(Reader& reader, const YAML::Node& root) {
+  if (!root.IsMap()) {
+    return reader.Error("", root.Mark(),
+                        fmt::format("expected a mapping with apiVersion, kind, metadata and spec, "
+                                    "got {}",
+                                    Describe(root)));
+  }
+  std::optional<YAML::Node> kind_node;
+  std::optional<YAML::Node> api_node;
+  std::optional<YAML::Node> metadata_node;
+  std::optional<YAML::Node> spec_node;
+  std::set<std::string> seen;
+  for (const auto& kv : root) {
+    const YAML::Node& key = kv.first;
+    const YAML::Node& value = kv.second;
+    HCI_RETURN_NOT_OK(reader.Visit(key, ""));
+    HCI_RETURN_NOT_OK(reader.Visit(value, ""));
+    if (!key.IsScalar()) {
+      return reader.Error("", key.Mark(),
+                          fmt::format("expected a key (apiVersion, kind, metadata or spec), got {}",
+                                      Describe(key)));
+    }
+    const std::string& name = key.Scalar();
+    const std::string path = JoinKey("", name);
+    if (!seen.insert(name).second) return reader.Error(path, key.Mark(), "duplicate key");
+    if (name == "kind") {
+      kind_node.emplace(value);
+    } else if (name == "apiVersion") {
+      api_node.emplace(value);
+    } else if (name == "metadata") {
+      metadata_node.emplace(value);
+    } else if (name == "spec") {
+      spec_node.emplace(value);
+    } else if (name == "status") {
+      return reader.Error(path, key.Mark(),
+                          "is written by the backend and cannot be set in a manifest (remove it)");
+    } else {
+      std::string suggestion;
+      for (const std::string_view known : kManifestKeys) {
+        if (EditDistance(name, known) <= 2 && name.size() <= 64) {
+          suggestion = fmt::format("; did you mean {}?", Quote(known));
+        }
+      }
+      return reader.Error(
+          path, key.Mark(),
+          fmt::format("unknown key (expected apiVersion, kind, metadata and spec{})", suggestion));
+    }
+  }
+  if (!kind_node || kind_node->IsNull()) {
+    return reader.Error("kind", kind_node ? kind_node->Mark() : root.Mark(),
+                        fmt::format("missing (expected one of: {})", ManifestKindList()));
+  }
+  if (!kind_node->IsScalar()) {
+    return reader.Error(
+        "kind", kind_node->Mark(),
+        fmt::format("expected one of: {}; got {}", ManifestKindList(), Describe(*kind_node)));
+  }
+  std::string kind;
+  HCI_RETURN_NOT_OK(reader.ScalarText(*kind_node, "kind", &kind));
+  const pb::Message* prototype = nullptr;
+  for (const ManifestKind& k : ManifestKinds()) {
+    if (k.kind == kind) prototype = k.prototype;
+  }
+  if (prototype == nullptr) {
+    return reader.Error(
+        "kind", kind_node->Mark(),
+        fmt::format("unknown kind {} (expected one of: {})", Quote(kind), ManifestKindList()));
+  }
+  if (api_node) {
+    std::string api_version;
+    if (api_node->IsScalar())
+      HCI_RETURN_NOT_OK(reader.ScalarText(*api_node, "apiVersion", &api_version));
+    if (!api_node->IsScalar() || api_version != kManifestApiVersion) {
+      return reader.Error(
+          "apiVersion", api_node->Mark(),
+          fmt::format("{} is not supported (expected {} or no apiVersion)",
+                      api_node->IsScalar() ? Quote(api_version) : Describe(*api_node),
+                      Quote(kManifestApiVersion)));
+    }
+  }
+  ManifestObject out;
+  out.kind = kind;
+  out.object.reset(prototype->New());
+  pb::Message* msg = out.object.get();
+  const Descriptor* d = msg->GetDescriptor();
+  const FieldDescriptor* metadata_field = d->FindFieldByName("metadata");
+  if (metadata_node) {
+    HCI_RETURN_NOT_OK(reader.ReadTopLevelField(*metadata_node, msg, metadata_field, "metadata"));
+  }
+  if (spec_node) {
+    HCI_RETURN_NOT_OK(
+        reader.ReadTopLevelField(*spec_node, msg, d->FindFieldByName("spec"), "spec"));
+  }
+  const pb::Message& meta = msg->GetReflection()->GetMessage(*msg, metadata_field);
+  const std::string name =
+      meta.GetReflection()->GetString(meta, meta.GetDescriptor()->FindFieldByName("name"));
+  YAML::Mark name_mark = metadata_node ? metadata_node->Mark() : root.Mark();
+  if (metadata_node && metadata_node->IsMap()) {
+    for (const auto& kv : *metadata_node) {
+      if (kv.first.IsScalar() && kv.first.Scalar() == "name") name_mark = kv.second.Mark();
+    }
+  }
+  if (name.empty()) {
+    return reader.Error("metadata.name", name_mark,
+                        "missing (every object in a manifest needs a name)");
+  }
+  if (const Status valid = ValidateName("metadata.name", name); !valid.ok()) {
+    return reader.Error("", name_mark, valid.message());
+  }
+  out.line = reader.context().base_line + root.Mark().line + 1;
+  out.document = reader.context().document;
+  return out;
+}
+
+Result<std::vector<ManifestObject>> ParseManifestsImpl(std::string_view text) {
+  // A byte order mark may start the stream; it is not part of the text (and not of a line).
+  if (text.starts_with("\xEF\xBB\xBF")) text.remove_prefix(3);
+  // yaml-cpp guesses UTF-16/32 from NUL bytes, and its marks then count other units than bytes:
+  // only UTF-8 keeps the marks usable as offsets into `text`.
+  if (const size_t bad = Utf8ErrorOffset(text); bad != std::string_view::npos) {
+    return InvalidArgument(
+        fmt::format("line {}: the manifest is not valid UTF-8 text", LineOf(text, bad)));
+  }
+  if (const size_t nul = text.find('\0'); nul != std::string_view::npos) {
+    return InvalidArgument(
+        fmt::format("line {}: the manifest contains a NUL byte", LineOf(text, nul)));
+  }
+  const std::string input(text);
+
+  // Pass 1: where each document starts. YAML::LoadAll cannot be used: on a stray token such as
+  // a "," after a flow collection, yaml-cpp 0.7 consumes nothing and reports an endless run of
+  // empty documents at the same place, which this loop detects.
+  std::vector<YAML::Mark> starts;
+  {
+    std::istringstream stream(input);
+    YAML::Parser parser(stream);
+    while (true) {
+      DocumentCounter document;
+      try {
+        if (!parser.HandleNextDocument(document)) break;
+      } catch (const YAML::Exception& e) {
+        const size_t line = e.mark.is_null()
+                                ? (starts.empty() ? 1 : static_cast<size_t>(starts.back().line) + 1)
+                                : static_cast<size_t>(e.mark.line) + 1;
+        return InvalidArgument(
+            fmt::format("document {} (line {}): invalid YAML: {}", starts.size() + 1, line, e.msg));
+      }
+      if (document.start.is_null()) break;  // cannot happen: every document has a first token
+      if (!starts.empty() && document.start.pos <= starts.back().pos) {
+        const auto pos = static_cast<size_t>(document.start.pos);
+        const std::string token =
+            pos < input.size() && static_cast<unsigned char>(input[pos]) < 0x80
+                ? Quote(input.substr(pos, 1))
+                : std::string("content");
+        return InvalidArgument(fmt::format("document {} (line {}): invalid YAML: unexpected {}",
+                                           starts.size(), document.start.line + 1, token));
+      }
+      if (starts.size() == kMaxManifestDocuments) {
+        return InvalidArgument(fmt::format("line {}: more than {} documents in one manifest",
+                                           document.start.line + 1, kMaxManifestDocuments));
+      }
+      starts.push_back(document.start);
+    }
+  }
+
+  // Pass 2: each document from its own slice of the text, which starts at the beginning of the
+  // line of its first token (so indentation is kept) and ends where the next one starts.
+  Reader reader(std::max(kMinNodeBudget, text.size() * kNodesPerByte));
+  std::vector<ManifestObject> objects;
+  for (size_t i = 0; i < starts.size(); ++i) {
+    const size_t begin =
+        i == 0 ? 0 : static_cast<size_t>(starts[i].pos) - static_cast<size_t>(starts[i].column);
+    const size_t end = i + 1 < starts.size()
+                           ? static_cast<size_t>(starts[i + 1].pos - starts[i + 1].column)
+                           : input.size();
+    SourceContext context;
+    context.document = static_cast<int>(i) + 1;
+    context.base_line = i == 0 ? 0 : starts[i].line;
+    context.fallback_line = starts[i].line;
+    context.expand_env = true;
+    reader.set_context(context);
+    YAML::Node root;
+    try {
+      root = YAML::Load(input.substr(begin, end > begin ? end - begin : 0));
+    } catch (const YAML::Exception& e) {
+      return reader.Error("", e.mark, fmt::format("invalid YAML: {}", e.msg));
+    }
+    if (root.IsNull()) continue;  // an empty document
+    HCI_ASSIGN_OR_RAISE(ManifestObject object, ReadManifestDocument(reader, root));
+    objects.push_back(std::move(object));
+  }
+  return objects;
+}
+
+// ---------------------------------------------------------------------------------------------
 // message -> YAML.
 
 // Strings that would read back as something else (null, a bool, a number) are double-quoted;
@@ -1288,34 +1647,61 @@ class Writer {
  public:
   explicit Writer(YAML::Emitter* out) : out_(*out) {}
 
-  void Message(const pb::Message& m) {
+  // The first field that could not be written so that ParseYaml reads it back; OK otherwise.
+  const Status& status() const { return status_; }
+
+  // `depth` counts as the reader counts it, so that what ParseYaml would refuse as too deep is
+  // refused here.
+  void Message(const pb::Message& m, const std::string& path, int depth) {
+    if (!status_.ok()) return;
+    if (depth > kMaxDepth) {
+      Fail(path, fmt::format("nesting is deeper than the limit of {} levels that ParseYaml reads",
+                             kMaxDepth));
+      return;
+    }
     const Descriptor* d = m.GetDescriptor();
     const pb::Reflection* r = m.GetReflection();
     switch (d->well_known_type()) {
       case Descriptor::WELLKNOWNTYPE_STRUCT:
-        return Struct(m);
+        return Struct(m, path, depth);
       case Descriptor::WELLKNOWNTYPE_VALUE:
-        return Value(m);
+        return Value(m, path, depth);
       case Descriptor::WELLKNOWNTYPE_LISTVALUE:
-        return List(m);
+        return List(m, path, depth);
       case Descriptor::WELLKNOWNTYPE_TIMESTAMP: {
         pb::Timestamp ts;
         ts.set_seconds(r->GetInt64(m, d->FindFieldByNumber(1)));
         ts.set_nanos(r->GetInt32(m, d->FindFieldByNumber(2)));
+        if (ts.seconds() < kMinTimestampSeconds || ts.seconds() > kMaxTimestampSeconds ||
+            ts.nanos() < 0 || ts.nanos() >= kNanosPerSecond) {
+          Fail(path, fmt::format("timestamp {{seconds: {}, nanos: {}}} is outside the years 0001 "
+                                 "to 9999 or has nanos outside 0-999999999",
+                                 ts.seconds(), ts.nanos()));
+          return;
+        }
         out_ << pb::util::TimeUtil::ToString(ts);
         return;
       }
       case Descriptor::WELLKNOWNTYPE_DURATION: {
         pb::Duration duration;
-        duration.set_seconds(r->GetInt64(m, d->FindFieldByNumber(1)));
-        duration.set_nanos(r->GetInt32(m, d->FindFieldByNumber(2)));
+        const int64_t s = r->GetInt64(m, d->FindFieldByNumber(1));
+        const int32_t n = r->GetInt32(m, d->FindFieldByNumber(2));
+        if (s < -kMaxDurationSeconds || s > kMaxDurationSeconds || n <= -kNanosPerSecond ||
+            n >= kNanosPerSecond || (s > 0 && n < 0) || (s < 0 && n > 0)) {
+          Fail(path, fmt::format("duration {{seconds: {}, nanos: {}}} is outside +-10000 years or "
+                                 "has seconds and nanos of different signs",
+                                 s, n));
+          return;
+        }
+        duration.set_seconds(s);
+        duration.set_nanos(n);
         out_ << pb::util::TimeUtil::ToString(duration);
         return;
       }
       default:
         break;
     }
-    if (IsWrapper(d)) return Scalar(m, d->FindFieldByNumber(1), -1, false);
+    if (IsWrapper(d)) return Scalar(m, d->FindFieldByNumber(1), -1, false, path);
     std::vector<const FieldDescriptor*> fields;
     r->ListFields(m, &fields);
     std::erase_if(fields, [](const FieldDescriptor* f) { return f->is_extension(); });
@@ -1326,32 +1712,42 @@ class Writer {
     out_ << YAML::BeginMap;
     for (const FieldDescriptor* f : fields) {
       out_ << YAML::Key << f->json_name() << YAML::Value;
-      Field(m, f);
+      Field(m, f, JoinField(path, f->name()), depth);
     }
     out_ << YAML::EndMap;
   }
 
  private:
-  void Field(const pb::Message& m, const FieldDescriptor* f) {
+  void Fail(const std::string& path, std::string_view what) {
+    if (status_.ok()) {
+      status_ = InvalidArgument(fmt::format("{}{}{}", path, path.empty() ? "" : ": ", what));
+    }
+  }
+
+  void Field(const pb::Message& m, const FieldDescriptor* f, const std::string& path, int depth) {
+    if (!status_.ok()) return;
     const pb::Reflection* r = m.GetReflection();
-    if (f->is_map()) return Map(m, f);
+    if (f->is_map()) return Map(m, f, path, depth);
     if (!f->is_repeated()) {
-      if (f->cpp_type() == FieldDescriptor::CPPTYPE_MESSAGE) return Message(r->GetMessage(m, f));
-      return Scalar(m, f, -1, false);
+      if (f->cpp_type() == FieldDescriptor::CPPTYPE_MESSAGE) {
+        return Message(r->GetMessage(m, f), path, depth + 1);
+      }
+      return Scalar(m, f, -1, false, path);
     }
     out_ << YAML::BeginSeq;
-    for (int i = 0; i < r->FieldSize(m, f); ++i) {
+    for (int i = 0; i < r->FieldSize(m, f) && status_.ok(); ++i) {
+      const std::string element_path = fmt::format("{}[{}]", path, i);
       if (f->cpp_type() == FieldDescriptor::CPPTYPE_MESSAGE) {
-        Message(r->GetRepeatedMessage(m, f, i));
+        Message(r->GetRepeatedMessage(m, f, i), element_path, depth + 1);
       } else {
-        Scalar(m, f, i, false);
+        Scalar(m, f, i, false, element_path);
       }
     }
     out_ << YAML::EndSeq;
   }
 
   // Map entries sorted by key, so that the output does not depend on hash order.
-  void Map(const pb::Message& m, const FieldDescriptor* f) {
+  void Map(const pb::Message& m, const FieldDescriptor* f, const std::string& path, int depth) {
     const pb::Reflection* r = m.GetReflection();
     const FieldDescriptor* key = f->message_type()->map_key();
     const FieldDescriptor* value = f->message_type()->map_value();
@@ -1376,20 +1772,43 @@ class Writer {
     });
     out_ << YAML::BeginMap;
     for (const pb::Message* entry : entries) {
+      if (!status_.ok()) return;
+      const std::string entry_path = fmt::format("{}[{}]", path, KeyText(*entry, key));
       out_ << YAML::Key;
-      Scalar(*entry, key, -1, /*is_key=*/true);
+      Scalar(*entry, key, -1, /*is_key=*/true, entry_path);
       out_ << YAML::Value;
       if (value->cpp_type() == FieldDescriptor::CPPTYPE_MESSAGE) {
-        Message(entry->GetReflection()->GetMessage(*entry, value));
+        Message(entry->GetReflection()->GetMessage(*entry, value), entry_path, depth + 1);
       } else {
-        Scalar(*entry, value, -1, false);
+        Scalar(*entry, value, -1, false, entry_path);
       }
     }
     out_ << YAML::EndMap;
   }
 
+  // A map key as error paths show it: labels["app"], ports[8080].
+  static std::string KeyText(const pb::Message& entry, const FieldDescriptor* key) {
+    const pb::Reflection* r = entry.GetReflection();
+    switch (key->cpp_type()) {
+      case FieldDescriptor::CPPTYPE_INT32:
+        return std::to_string(r->GetInt32(entry, key));
+      case FieldDescriptor::CPPTYPE_INT64:
+        return std::to_string(r->GetInt64(entry, key));
+      case FieldDescriptor::CPPTYPE_UINT32:
+        return std::to_string(r->GetUInt32(entry, key));
+      case FieldDescriptor::CPPTYPE_UINT64:
+        return std::to_string(r->GetUInt64(entry, key));
+      case FieldDescriptor::CPPTYPE_BOOL:
+        return r->GetBool(entry, key) ? "true" : "false";
+      default:
+        return Quote(r->GetString(entry, key));
+    }
+  }
+
   // Field `f` of `m`, element `i` when repeated (else -1).
-  void Scalar(const pb::Message& m, const FieldDescriptor* f, int i, bool is_key) {
+  void Scalar(const pb::Message& m, const FieldDescriptor* f, int i, bool is_key,
+              const std::string& path) {
+    if (!status_.ok()) return;
     const pb::Reflection* r = m.GetReflection();
     const bool rep = i >= 0;
     switch (f->cpp_type()) {
@@ -1417,7 +1836,7 @@ class Writer {
       case FieldDescriptor::CPPTYPE_ENUM: {
         const int number = rep ? r->GetRepeatedEnumValue(m, f, i) : r->GetEnumValue(m, f);
         if (const std::optional<std::string> name = EnumText(f->enum_type(), number)) {
-          String(*name, is_key);
+          String(*name, is_key, path);
         } else {
           out_ << std::to_string(number);  // an unknown value of an open enum: plain, a number
         }
@@ -1427,7 +1846,7 @@ class Writer {
         std::string scratch;
         const std::string& s = rep ? r->GetRepeatedStringReference(m, f, i, &scratch)
                                    : r->GetStringReference(m, f, &scratch);
-        String(f->type() == FieldDescriptor::TYPE_BYTES ? Base64Encode(s) : s, is_key);
+        String(f->type() == FieldDescriptor::TYPE_BYTES ? Base64Encode(s) : s, is_key, path);
         return;
       }
       case FieldDescriptor::CPPTYPE_MESSAGE:
@@ -1435,7 +1854,15 @@ class Writer {
     }
   }
 
-  void String(const std::string& s, bool is_key) {
+  void String(const std::string& s, bool is_key, const std::string& path) {
+    if (!status_.ok()) return;
+    if (const size_t bad = Utf8ErrorOffset(s); bad != std::string::npos) {
+      // YAML text is Unicode: such bytes cannot be written, and ParseYaml refuses them.
+      Fail(path, fmt::format("the {} is not valid UTF-8 (byte {} of {}); use a bytes field "
+                             "for binary data",
+                             is_key ? "key" : "string", bad, Quote(s)));
+      return;
+    }
     if (NeedsQuotes(s)) {
       out_ << YAML::DoubleQuoted << s;
     } else if (!is_key && s.find('\n') != std::string::npos && LiteralBlockKeepsText(s)) {
@@ -1447,7 +1874,7 @@ class Writer {
     }
   }
 
-  void Struct(const pb::Message& m) {
+  void Struct(const pb::Message& m, const std::string& path, int depth) {
     const FieldDescriptor* fields = m.GetDescriptor()->FindFieldByNumber(1);
     const FieldDescriptor* key = fields->message_type()->map_key();
     const FieldDescriptor* value = fields->message_type()->map_value();
@@ -1466,15 +1893,17 @@ class Writer {
     }
     out_ << YAML::BeginMap;
     for (const auto& [name, v] : entries) {
+      if (!status_.ok()) return;
+      const std::string entry_path = JoinKey(path, name);
       out_ << YAML::Key;
-      String(name, /*is_key=*/true);
+      String(name, /*is_key=*/true, entry_path);
       out_ << YAML::Value;
-      Value(*v);
+      Message(*v, entry_path, depth + 1);
     }
     out_ << YAML::EndMap;
   }
 
-  void List(const pb::Message& m) {
+  void List(const pb::Message& m, const std::string& path, int depth) {
     const FieldDescriptor* values = m.GetDescriptor()->FindFieldByNumber(1);
     const pb::Reflection* r = m.GetReflection();
     if (r->FieldSize(m, values) == 0) {
@@ -1482,34 +1911,43 @@ class Writer {
       return;
     }
     out_ << YAML::BeginSeq;
-    for (int i = 0; i < r->FieldSize(m, values); ++i) Value(r->GetRepeatedMessage(m, values, i));
+    for (int i = 0; i < r->FieldSize(m, values) && status_.ok(); ++i) {
+      Message(r->GetRepeatedMessage(m, values, i), fmt::format("{}[{}]", path, i), depth + 1);
+    }
     out_ << YAML::EndSeq;
   }
 
-  void Value(const pb::Message& m) {
+  void Value(const pb::Message& m, const std::string& path, int depth) {
     const Descriptor* d = m.GetDescriptor();
     const pb::Reflection* r = m.GetReflection();
     const FieldDescriptor* kind = r->GetOneofFieldDescriptor(m, d->FindOneofByName("kind"));
-    switch (kind == nullptr ? 1 : kind->number()) {
+    switch (kind == nullptr ? 0 : kind->number()) {
+      case 1:
+        out_ << YAML::Null;
+        return;
       case 2:
         out_ << FormatFloating(r->GetDouble(m, kind));
         return;
       case 3:
-        return String(r->GetString(m, kind), /*is_key=*/false);
+        return String(r->GetString(m, kind), /*is_key=*/false, path);
       case 4:
         out_ << (r->GetBool(m, kind) ? "true" : "false");
         return;
       case 5:
-        return Struct(r->GetMessage(m, kind));
+        return Message(r->GetMessage(m, kind), path, depth + 1);
       case 6:
-        return List(r->GetMessage(m, kind));
+        return Message(r->GetMessage(m, kind), path, depth + 1);
       default:
-        out_ << YAML::Null;
+        // Written as null it would read back as null_value, a different message.
+        Fail(
+            path,
+            "a google.protobuf.Value with no kind set cannot be written (set null_value for null)");
         return;
     }
   }
 
   YAML::Emitter& out_;
+  Status status_;
 };
 
 }  // namespace
@@ -1555,13 +1993,33 @@ Status LoadYamlFile(const std::string& path, google::protobuf::Message* message)
   return ParseYaml(text, message).WithContext(path);
 }
 
-std::string ToYaml(const google::protobuf::Message& message) {
+Result<std::string> ToYaml(const google::protobuf::Message& message) {
+  if (!message.IsInitialized()) {  // proto2 required fields: ParseYaml would refuse the text
+    return InvalidArgument(
+        fmt::format("missing required fields: {}", message.InitializationErrorString()));
+  }
   YAML::Emitter out;
   out.SetIndent(2);
-  Writer(&out).Message(message);
+  Writer writer(&out);
+  try {
+    writer.Message(message, "", 0);
+  } catch (const std::exception& e) {
+    return Internal(fmt::format("cannot write YAML: {}", e.what()));
+  }
+  HCI_RETURN_NOT_OK(writer.status());
+  if (!out.good()) return Internal(fmt::format("cannot write YAML: {}", out.GetLastError()));
   std::string text = out.c_str();
   text += '\n';
   return text;
+}
+
+Result<std::vector<ManifestObject>> ParseManifests(std::string_view text) {
+  try {
+    return ParseManifestsImpl(text);
+  } catch (const std::exception& e) {
+    // yaml-cpp throws on what it cannot represent; nothing may escape the API.
+    return InvalidArgument(fmt::format("invalid YAML: {}", e.what()));
+  }
 }
 
 }  // namespace hci

@@ -14,15 +14,19 @@
 #include <fstream>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <random>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include "hci/v1/backup.pb.h"
 #include "hci/v1/compute.pb.h"
 #include "hci/v1/event.pb.h"
 #include "hci/v1/host.pb.h"
 #include "hci/v1/image.pb.h"
+#include "hci/v1/network.pb.h"
 #include "hci/v1/operation.pb.h"
 #include "hci/v1/storage.pb.h"
 #include "yaml_kitchen_sink.h"
@@ -62,6 +66,13 @@ M ParseOk(std::string_view yaml) {
   const Status s = ParseYaml(yaml, &m);
   EXPECT_TRUE(s.ok()) << s << "\n" << yaml;
   return m;
+}
+
+// ToYaml's text; the message must be writable.
+std::string YamlOf(const pb::Message& m) {
+  const Result<std::string> yaml = ToYaml(m);
+  EXPECT_TRUE(yaml.ok()) << yaml.status() << "\n" << m.DebugString();
+  return yaml.ok() ? *yaml : std::string();
 }
 
 // The error of parsing `yaml` into an M; the message must be left empty.
@@ -926,7 +937,7 @@ TEST(YamlTest, ToYamlWritesBlockYamlWithJsonNamesAndShortEnums) {
   vm.mutable_spec()->mutable_kernel_boot();
   vm.mutable_spec()->mutable_cloud_init()->set_user_data("#cloud-config\nhostname: web-1\n");
   vm.mutable_status()->set_reason("123");
-  EXPECT_EQ(ToYaml(vm), R"(metadata:
+  EXPECT_EQ(YamlOf(vm), R"(metadata:
   name: web-1
   labels:
     app: web
@@ -945,10 +956,10 @@ spec:
 status:
   reason: "123"
 )");
-  EXPECT_EQ(ToYaml(v1::HostConfig()), "{}\n");
+  EXPECT_EQ(YamlOf(v1::HostConfig()), "{}\n");
   // Strings other YAML readers would take for something else are quoted; so are YAML 1.1's
   // sexagesimal numbers and booleans (the "on" key below), for PyYAML and go-yaml v2.
-  EXPECT_EQ(ToYaml(FromText<v1::Nic>(R"pb(mac_address: "52:54:00:12:34:56" network: "yes")pb")),
+  EXPECT_EQ(YamlOf(FromText<v1::Nic>(R"pb(mac_address: "52:54:00:12:34:56" network: "yes")pb")),
             "network: \"yes\"\nmacAddress: \"52:54:00:12:34:56\"\n");
 
   v1::HostConfig config;
@@ -960,7 +971,7 @@ status:
   (*options->mutable_fields())["port"].set_string_value("5900");
   (*options->mutable_fields())["none"].set_null_value(pb::NULL_VALUE);
   (*options->mutable_fields())["list"].mutable_list_value()->add_values()->set_number_value(0.5);
-  EXPECT_EQ(ToYaml(config), R"(backends:
+  EXPECT_EQ(YamlOf(config), R"(backends:
   compute:
     plugin: kvm
     options:
@@ -975,13 +986,13 @@ status:
 }
 
 void ExpectRoundTrip(const pb::Message& m) {
-  const std::string yaml = ToYaml(m);
+  const std::string yaml = YamlOf(m);
   std::unique_ptr<pb::Message> back(m.New());
   const Status s = ParseYaml(yaml, back.get());
   ASSERT_TRUE(s.ok()) << s << "\n" << yaml;
   std::string diff;
   EXPECT_TRUE(SameMessage(m, *back, &diff)) << diff << "\n" << yaml;
-  EXPECT_EQ(ToYaml(*back), yaml);
+  EXPECT_EQ(YamlOf(*back), yaml);
 }
 
 TEST(YamlTest, RoundTripsRichMessages) {
@@ -1099,7 +1110,7 @@ TEST(YamlTest, RoundTripsRichMessages) {
   caps.add_accelerators("kvm");
   caps.add_accelerators("");
   ExpectRoundTrip(caps);
-  EXPECT_NE(ToYaml(caps).find("- RUN_STRATEGY_UNSPECIFIED\n"), std::string::npos) << ToYaml(caps);
+  EXPECT_NE(YamlOf(caps).find("- RUN_STRATEGY_UNSPECIFIED\n"), std::string::npos) << YamlOf(caps);
 
   v1::Volume volume;
   volume.mutable_spec()->mutable_source()->mutable_snapshot()->set_volume("v");
@@ -1178,6 +1189,466 @@ TEST(YamlTest, RoundTripsRichMessages) {
     }
   )pb");
   ExpectRoundTrip(*k);
+}
+
+// ---------------------------------------------------------------------------------------------
+// What ToYaml refuses: anything ParseYaml could not read back.
+
+Status ToYamlError(const pb::Message& m) {
+  const Result<std::string> yaml = ToYaml(m);
+  EXPECT_FALSE(yaml.ok()) << (yaml.ok() ? *yaml : "");
+  EXPECT_EQ(yaml.status().code(), StatusCode::kInvalidArgument) << yaml.status();
+  return yaml.status();
+}
+
+TEST(YamlTest, ToYamlRefusesStringsThatAreNotUtf8) {
+  v1::VirtualMachine vm;
+  vm.mutable_metadata()->set_name("vm");
+  vm.mutable_spec()->mutable_kernel_boot()->set_cmdline("console=ttyS0 \xff");
+  EXPECT_EQ(ToYamlError(vm).message(),
+            "spec.kernel_boot.cmdline: the string is not valid UTF-8 (byte 14 of "
+            "\"console=ttyS0 \\xff\"); use a bytes field for binary data");
+
+  v1::Volume volume;
+  (*volume.mutable_metadata()->mutable_labels())["ok"] = "fine";
+  (*volume.mutable_metadata()->mutable_labels())["k\xc3"] = "v";
+  EXPECT_EQ(ToYamlError(volume).message(),
+            "metadata.labels[\"k\\xc3\"]: the key is not valid UTF-8 (byte 1 of \"k\\xc3\"); use "
+            "a bytes field for binary data");
+
+  v1::VirtualMachine disks;
+  disks.mutable_spec()->add_disks()->set_name("root");
+  disks.mutable_spec()->add_disks()->set_volume("\xed\xa0\x80");  // a UTF-16 surrogate
+  EXPECT_EQ(ToYamlError(disks).message().rfind("spec.disks[1].volume: the string is not valid", 0),
+            0u);
+
+  v1::HostConfig config;
+  // mutable_fields() again after each ToYaml: reflection reads leave an older Map reference stale.
+  auto options = [&config]() -> auto& {
+    return *config.mutable_backends()->mutable_storage()->mutable_options()->mutable_fields();
+  };
+  options()["path"].set_string_value("/srv/\xfe");
+  EXPECT_EQ(ToYamlError(config).message().rfind("backends.storage.options.path: the string is not "
+                                                "valid UTF-8",
+                                                0),
+            0u);
+  options().clear();
+  options()["\x80"].set_bool_value(true);
+  EXPECT_EQ(ToYamlError(config).message().rfind(
+                "backends.storage.options[\"\\x80\"]: the key is not valid UTF-8", 0),
+            0u);
+
+  // Bytes are base64 and may hold anything.
+  v1::ConsoleOutput console;
+  console.set_data("\xff\xfe");
+  EXPECT_EQ(YamlOf(console), "data: //4=\n");
+}
+
+TEST(YamlTest, ToYamlRefusesTimestampsAndDurationsOutOfRange) {
+  v1::VirtualMachine vm;
+  vm.mutable_metadata()->mutable_creation_time()->set_seconds(253402300800);  // year 10000
+  EXPECT_EQ(ToYamlError(vm).message(),
+            "metadata.creation_time: timestamp {seconds: 253402300800, nanos: 0} is outside the "
+            "years 0001 to 9999 or has nanos outside 0-999999999");
+  vm.mutable_metadata()->mutable_creation_time()->set_seconds(0);
+  vm.mutable_metadata()->mutable_creation_time()->set_nanos(-1);
+  EXPECT_EQ(ToYamlError(vm).message().rfind("metadata.creation_time: timestamp {seconds: 0, "
+                                            "nanos: -1}",
+                                            0),
+            0u);
+  v1::VirtualMachine condition;
+  condition.mutable_status()->add_conditions()->mutable_last_transition_time()->set_seconds(
+      -62135596801);
+  EXPECT_EQ(ToYamlError(condition).message().rfind(
+                "status.conditions[0].last_transition_time: timestamp", 0),
+            0u);
+  // The limits themselves are written and read back.
+  vm.mutable_metadata()->mutable_creation_time()->set_seconds(-62135596800);
+  vm.mutable_metadata()->mutable_creation_time()->set_nanos(0);
+  ExpectRoundTrip(vm);
+
+  auto sink = KitchenFromText("timeout { seconds: 315576000001 }");
+  EXPECT_EQ(ToYamlError(*sink).message(),
+            "timeout: duration {seconds: 315576000001, nanos: 0} is outside +-10000 years or has "
+            "seconds and nanos of different signs");
+  sink = KitchenFromText("timeout { seconds: 1 nanos: -5 }");
+  EXPECT_EQ(ToYamlError(*sink).message().rfind("timeout: duration {seconds: 1, nanos: -5}", 0), 0u);
+  sink = KitchenFromText("timeout { seconds: -1 nanos: -5 }");
+  ExpectRoundTrip(*sink);
+}
+
+TEST(YamlTest, ToYamlRefusesAnEmptyValue) {
+  v1::HostConfig config;
+  auto options = [&config]() -> auto& {
+    return *config.mutable_backends()->mutable_compute()->mutable_options()->mutable_fields();
+  };
+  options()["accel"].set_string_value("tcg");
+  options()["unset"];  // a Value with no kind: neither null nor anything else
+  EXPECT_EQ(ToYamlError(config).message(),
+            "backends.compute.options.unset: a google.protobuf.Value with no kind set cannot be "
+            "written (set null_value for null)");
+  options()["unset"].set_null_value(pb::NULL_VALUE);
+  ExpectRoundTrip(config);
+
+  options()["list"].mutable_list_value()->add_values()->set_number_value(1);
+  options()["list"].mutable_list_value()->add_values();
+  EXPECT_EQ(ToYamlError(config).message().rfind("backends.compute.options.list[1]: a "
+                                                "google.protobuf.Value with no kind",
+                                                0),
+            0u);
+  auto sink = KitchenFromText("any_value {}");
+  EXPECT_EQ(ToYamlError(*sink).message().rfind("any_value: a google.protobuf.Value", 0), 0u);
+}
+
+TEST(YamlTest, ToYamlRefusesNestingParseYamlWouldRefuse) {
+  // Each list level is a Value and a ListValue: two levels, as the reader counts them.
+  auto nested = [](int lists) {
+    pb::Value v;
+    pb::Value* at = &v;
+    for (int i = 0; i < lists; ++i) at = at->mutable_list_value()->add_values();
+    at->set_string_value("x");
+    return v;
+  };
+  v1::HostConfig ok;
+  (*ok.mutable_backends()->mutable_compute()->mutable_options()->mutable_fields())["v"] =
+      nested(29);
+  ExpectRoundTrip(ok);
+  v1::HostConfig deep;
+  (*deep.mutable_backends()->mutable_compute()->mutable_options()->mutable_fields())["v"] =
+      nested(40);
+  const Status s = ToYamlError(deep);
+  EXPECT_NE(s.message().find("nesting is deeper than the limit of 64 levels"), std::string::npos)
+      << s;
+  EXPECT_EQ(s.message().rfind("backends.compute.options.v[0][0]", 0), 0u) << s;
+  // ParseYaml refuses the same depth when written by hand.
+  std::string text = "backends: {compute: {options: {v: ";
+  for (int i = 0; i < 40; ++i) text += "[";
+  text += "x";
+  for (int i = 0; i < 40; ++i) text += "]";
+  text += "}}}";
+  EXPECT_NE(ParseError<v1::HostConfig>(text).message().find("nesting is deeper"),
+            std::string::npos);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Manifests.
+
+// The error of ParseManifests on `text`.
+Status ManifestError(std::string_view text) {
+  const Result<std::vector<ManifestObject>> objects = ParseManifests(text);
+  EXPECT_FALSE(objects.ok()) << text;
+  EXPECT_EQ(objects.status().code(), StatusCode::kInvalidArgument) << objects.status();
+  return objects.status();
+}
+
+std::vector<ManifestObject> Manifests(std::string_view text) {
+  Result<std::vector<ManifestObject>> objects = ParseManifests(text);
+  EXPECT_TRUE(objects.ok()) << objects.status() << "\n" << text;
+  if (!objects.ok()) return {};
+  return std::move(objects).ValueOrDie();
+}
+
+// Sets an environment variable for the lifetime of the object.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    if (const char* old = std::getenv(name)) old_ = old;
+    if (value == nullptr) {
+      ::unsetenv(name);
+    } else {
+      ::setenv(name, value, 1);
+    }
+  }
+  ~ScopedEnv() {
+    if (old_) {
+      ::setenv(name_.c_str(), old_->c_str(), 1);
+    } else {
+      ::unsetenv(name_.c_str());
+    }
+  }
+
+ private:
+  std::string name_;
+  std::optional<std::string> old_;
+};
+
+constexpr char kManifest[] = R"(# A demo: an image, a volume from it and a VM booting it.
+apiVersion: hci.dev/v1
+kind: Image
+metadata:
+  name: guest
+spec:
+  file: /srv/images/guest.raw
+  sha256: 3b6a07d0d404fab4e23b6d34bc6696a6a312dd92821332385e5af7c01c421351
+---
+kind: Volume
+metadata: {name: root, labels: {app: demo}}
+spec:
+  source: {image: guest}
+  sizeBytes: 1Gi
+---
+---
+# comments only
+---
+apiVersion: hci.dev/v1
+kind: VirtualMachine
+metadata:
+  name: demo
+spec:
+  vcpus: 2
+  memoryMib: 256
+  disks:
+    - {name: root, volume: root, bus: virtio, bootOrder: 1}
+  runStrategy: Manual
+...
+---
+kind: Network
+metadata: {name: vlan100}
+spec: {type: l2_vlan, vlanId: 100}
+--- {kind: Port, metadata: {name: p1}, spec: {network: vlan100}}
+---
+kind: BackupTarget
+metadata: {name: nfs}
+spec: {url: "nfs://127.0.0.1/export"}
+---
+kind: Backup
+metadata: {name: b1}
+spec: {target: nfs, volume: root}
+)";
+
+TEST(YamlTest, ManifestsHoldObjectsOfEveryKindInStreamOrder) {
+  const std::vector<ManifestObject> objects = Manifests(kManifest);
+  ASSERT_EQ(objects.size(), 7u);
+  const std::pair<const char*, int> expected[] = {
+      {"Image", 2}, {"Volume", 10},       {"VirtualMachine", 19}, {"Network", 31},
+      {"Port", 34}, {"BackupTarget", 36}, {"Backup", 40}};
+  const int documents[] = {1, 2, 5, 6, 7, 8, 9};
+  for (size_t i = 0; i < objects.size(); ++i) {
+    EXPECT_EQ(objects[i].kind, expected[i].first);
+    EXPECT_EQ(objects[i].object->GetDescriptor()->full_name(),
+              std::string("hci.v1.") + expected[i].first);
+    EXPECT_EQ(objects[i].line, expected[i].second) << expected[i].first;
+    EXPECT_EQ(objects[i].document, documents[i]) << expected[i].first;
+  }
+  EXPECT_SAME_MESSAGE(*objects[0].object, FromText<v1::Image>(R"pb(
+    metadata { name: "guest" }
+    spec {
+      file: "/srv/images/guest.raw"
+      sha256: "3b6a07d0d404fab4e23b6d34bc6696a6a312dd92821332385e5af7c01c421351"
+    }
+  )pb"));
+  EXPECT_SAME_MESSAGE(*objects[1].object, FromText<v1::Volume>(R"pb(
+    metadata {
+      name: "root"
+      labels { key: "app" value: "demo" }
+    }
+    spec {
+      size_bytes: 1073741824
+      source { image: "guest" }
+    }
+  )pb"));
+  EXPECT_SAME_MESSAGE(*objects[2].object, FromText<v1::VirtualMachine>(R"pb(
+    metadata { name: "demo" }
+    spec {
+      vcpus: 2
+      memory_mib: 256
+      disks { name: "root" volume: "root" bus: DISK_BUS_VIRTIO boot_order: 1 }
+      run_strategy: RUN_STRATEGY_MANUAL
+    }
+  )pb"));
+  EXPECT_SAME_MESSAGE(*objects[4].object, FromText<v1::Port>(R"pb(
+    metadata { name: "p1" }
+    spec { network: "vlan100" }
+  )pb"));
+
+  // JSON is YAML too, and an empty stream holds no object.
+  const auto json = Manifests(R"({"kind": "Volume", "metadata": {"name": "v"}, "spec": {}})");
+  ASSERT_EQ(json.size(), 1u);
+  EXPECT_EQ(json[0].line, 1);
+  for (const char* empty : {"", "\n", "# nothing\n", "---\n", "---\n---\n...\n", "\xEF\xBB\xBF"}) {
+    EXPECT_TRUE(Manifests(empty).empty()) << empty;
+  }
+  // CRLF line ends and a byte order mark do not shift the lines.
+  const auto crlf = Manifests(
+      "\xEF\xBB\xBFkind: Volume\r\nmetadata: {name: a}\r\n---\r\nkind: Volume\r\n"
+      "metadata: {name: b}\r\n");
+  ASSERT_EQ(crlf.size(), 2u);
+  EXPECT_EQ(crlf[1].line, 4);
+}
+
+TEST(YamlTest, ManifestErrorsNameDocumentLineAndField) {
+  const std::string text =
+      "kind: Volume\nmetadata: {name: a}\n---\nkind: VirtualMachine\nmetadata:\n  name: vm\n"
+      "spec:\n  memoryMib: 256\n  vcpus: two\n";
+  EXPECT_EQ(ManifestError(text).message(),
+            "document 2 (line 9): spec.vcpus: expected an integer (uint32), got \"two\"");
+  EXPECT_EQ(ManifestError("kind: Volume\nmetadata: {name: a}\nspec:\n  sizeBytes: 1Gi\n  "
+                          "sise: 2\n")
+                .message(),
+            "document 1 (line 5): spec.sise: unknown field in hci.v1.VolumeSpec");
+  EXPECT_EQ(ManifestError("---\nkind: VirtualMachine\nmetadata: {name: vm}\nspec:\n  disks:\n"
+                          "    - name: root\n      bus: virtoi\n")
+                .message(),
+            "document 1 (line 7): spec.disks[0].bus: unknown value \"virtoi\" (expected one of: "
+            "virtio, scsi, sata)");
+}
+
+TEST(YamlTest, ManifestKindApiVersionStatusAndKeys) {
+  EXPECT_EQ(ManifestError("kind: Volume\nmetadata: {name: a}\n---\nkind: Pod\nmetadata: {name: "
+                          "b}\n")
+                .message(),
+            "document 2 (line 4): kind: unknown kind \"Pod\" (expected one of: VirtualMachine, "
+            "Volume, Image, Network, Port, BackupTarget, Backup)");
+  EXPECT_EQ(ManifestError("metadata: {name: a}\nspec: {}\n").message(),
+            "document 1 (line 1): kind: missing (expected one of: VirtualMachine, Volume, Image, "
+            "Network, Port, BackupTarget, Backup)");
+  EXPECT_EQ(ManifestError("kind: [Volume]\nmetadata: {name: a}\n").message(),
+            "document 1 (line 1): kind: expected one of: VirtualMachine, Volume, Image, Network, "
+            "Port, BackupTarget, Backup; got a list");
+  EXPECT_EQ(ManifestError("apiVersion: v1\nkind: Volume\nmetadata: {name: a}\n").message(),
+            "document 1 (line 1): apiVersion: \"v1\" is not supported (expected \"hci.dev/v1\" "
+            "or no apiVersion)");
+  EXPECT_EQ(ManifestError("kind: VirtualMachine\nmetadata: {name: a}\nspec: {vcpus: 1}\nstatus:\n"
+                          "  phase: running\n")
+                .message(),
+            "document 1 (line 4): status: is written by the backend and cannot be set in a "
+            "manifest (remove it)");
+  EXPECT_EQ(ManifestError("kind: Volume\nmetadata: {name: a}\nspecs: {}\n").message(),
+            "document 1 (line 3): specs: unknown key (expected apiVersion, kind, metadata and "
+            "spec; did you mean \"spec\"?)");
+  EXPECT_EQ(ManifestError("kind: Volume\nkind: Image\n").message(),
+            "document 1 (line 2): kind: duplicate key");
+  EXPECT_EQ(ManifestError("- kind: Volume\n").message(),
+            "document 1 (line 1): expected a mapping with apiVersion, kind, metadata and spec, "
+            "got a list");
+}
+
+TEST(YamlTest, ManifestObjectsNeedAValidName) {
+  EXPECT_EQ(ManifestError("kind: Volume\nspec: {sizeBytes: 4096}\n").message(),
+            "document 1 (line 1): metadata.name: missing (every object in a manifest needs a "
+            "name)");
+  EXPECT_EQ(ManifestError("kind: Volume\nmetadata:\n  labels: {a: b}\n").message(),
+            "document 1 (line 3): metadata.name: missing (every object in a manifest needs a "
+            "name)");
+  const Status bad = ManifestError("kind: Volume\nmetadata:\n  name: Data_1\n");
+  EXPECT_EQ(bad.message().rfind("document 1 (line 3): metadata.name: \"Data_1\" is not a valid "
+                                "name: ",
+                                0),
+            0u)
+      << bad;
+}
+
+TEST(YamlTest, ManifestsExpandEnvironmentReferences) {
+  ScopedEnv guest("HCI_YAML_TEST_GUEST", "/srv/guest dir");
+  ScopedEnv cpus("HCI_YAML_TEST_CPUS", "2");
+  ScopedEnv bus("HCI_YAML_TEST_BUS", "scsi");
+  ScopedEnv unset("HCI_YAML_TEST_UNSET", nullptr);
+  const auto objects = Manifests(R"(kind: VirtualMachine
+metadata:
+  name: vm
+  labels: {"${HCI_YAML_TEST_CPUS}": "${HCI_YAML_TEST_CPUS}"}
+spec:
+  vcpus: ${HCI_YAML_TEST_CPUS}
+  memoryMib: ${HCI_YAML_TEST_CPUS}Gi
+  kernelBoot:
+    kernelPath: ${HCI_YAML_TEST_GUEST}/vmlinux
+    initrdPath: "${HCI_YAML_TEST_GUEST}/initramfs.cpio.gz"
+    cmdline: echo $${HOME} costs $5 $$ ${HCI_YAML_TEST_CPUS}$${
+  disks: [{name: d, volume: v, bus: "${HCI_YAML_TEST_BUS}"}]
+)");
+  ASSERT_EQ(objects.size(), 1u);
+  EXPECT_SAME_MESSAGE(*objects[0].object, FromText<v1::VirtualMachine>(R"pb(
+    metadata {
+      name: "vm"
+      labels { key: "${HCI_YAML_TEST_CPUS}" value: "2" }
+    }
+    spec {
+      vcpus: 2
+      memory_mib: 2048
+      kernel_boot {
+        kernel_path: "/srv/guest dir/vmlinux"
+        initrd_path: "/srv/guest dir/initramfs.cpio.gz"
+        cmdline: "echo ${HOME} costs $5 $$ 2${"
+      }
+      disks { name: "d" volume: "v" bus: DISK_BUS_SCSI }
+    }
+  )pb"));
+
+  EXPECT_EQ(ManifestError("kind: Image\nmetadata: {name: i}\nspec:\n  file: "
+                          "${HCI_YAML_TEST_UNSET}/disk.raw\n")
+                .message(),
+            "document 1 (line 4): spec.file: environment variable HCI_YAML_TEST_UNSET is not set "
+            "(referenced as ${HCI_YAML_TEST_UNSET})");
+  EXPECT_EQ(ManifestError("kind: Image\nmetadata: {name: i}\nspec:\n  file: /a/${HOME\n").message(),
+            "document 1 (line 4): spec.file: unterminated environment reference \"${HOME\" "
+            "(write $${ for a literal ${)");
+  EXPECT_EQ(ManifestError("kind: Image\nmetadata: {name: i}\nspec: {file: '/${1X}'}\n").message(),
+            "document 1 (line 3): spec.file: \"${1X}\" is not a valid environment reference "
+            "(expected ${NAME} with letters, digits and '_'; write $${ for a literal ${)");
+  // The expanded text is what is interpreted, so it is checked like any value.
+  ScopedEnv word("HCI_YAML_TEST_WORD", "many");
+  EXPECT_EQ(ManifestError("kind: VirtualMachine\nmetadata: {name: v}\nspec: {vcpus: "
+                          "\"${HCI_YAML_TEST_WORD}\"}\n")
+                .message(),
+            "document 1 (line 3): spec.vcpus: expected an integer (uint32), got \"many\"");
+
+  // ParseYaml (host configs) does not expand.
+  const auto config = ParseOk<v1::HostConfig>("stateDir: ${HCI_YAML_TEST_GUEST}\n");
+  EXPECT_EQ(config.state_dir(), "${HCI_YAML_TEST_GUEST}");
+}
+
+TEST(YamlTest, ManifestSyntaxErrorsAndHostileInput) {
+  const Status syntax = ManifestError(
+      "kind: Volume\nmetadata: {name: a}\n---\nkind: Volume\nmetadata: {name: b\n---\nkind: x\n");
+  EXPECT_EQ(syntax.message().rfind("document 2 (line ", 0), 0u) << syntax;
+  EXPECT_NE(syntax.message().find("invalid YAML: "), std::string::npos) << syntax;
+
+  // A stray "," makes yaml-cpp 0.7 report empty documents forever: an error, not a hang.
+  EXPECT_EQ(ManifestError("{kind: Volume, metadata: {name: a}},").message(),
+            "document 2 (line 1): invalid YAML: unexpected \",\"");
+  EXPECT_FALSE(ManifestError("kind: Volume\nmetadata: {name: a}\n---\n,\n").ok());
+  EXPECT_FALSE(ManifestError(",").ok());
+
+  EXPECT_EQ(ManifestError("kind: Volume\nmetadata: {name: a}\n---\nkind: \xff\n").message(),
+            "line 4: the manifest is not valid UTF-8 text");
+  EXPECT_EQ(ManifestError(std::string("kind: Volume\n\0", 14)).message(),
+            "line 2: the manifest contains a NUL byte");
+
+  // Alias bombs are stopped across documents by one node budget.
+  std::string bomb =
+      "kind: BackupTarget\nmetadata: {name: t}\nspec:\n  options:\n"
+      "    a: &a [x, x, x, x, x, x, x, x, x, x]\n";
+  for (char c = 'b'; c <= 'j'; ++c) {
+    bomb += std::string("    ") + c + ": &" + c + " [";
+    for (int i = 0; i < 10; ++i) bomb += std::string(i == 0 ? "*" : ", *") + char(c - 1);
+    bomb += "]\n";
+  }
+  EXPECT_NE(ManifestError(bomb).message().find("expands to more than"), std::string::npos);
+
+  // Documents that start indented after "..." keep their indentation.
+  const auto indented = Manifests(
+      "kind: Volume\nmetadata: {name: a}\n...\n  kind: Volume\n  metadata:\n"
+      "    name: b\n");
+  ASSERT_EQ(indented.size(), 2u);
+  EXPECT_EQ(indented[1].line, 4);
+}
+
+TEST(YamlTest, ManifestGarbageIsRejectedOrRoundTrips) {
+  std::mt19937 rng(20240502);
+  const std::string alphabet = "{}[]:,-?&*!|>'\"%@`#~ \n\tab01.$kind:Volume metadata name spec";
+  for (int i = 0; i < 2000; ++i) {
+    std::string text = (i % 2 == 0) ? "kind: Volume\nmetadata: {name: a}\n" : "";
+    const size_t length = rng() % 64;
+    for (size_t j = 0; j < length; ++j) {
+      text += (i % 5 == 0) ? static_cast<char>(rng() & 0xFF) : alphabet[rng() % alphabet.size()];
+    }
+    const Result<std::vector<ManifestObject>> objects = ParseManifests(text);
+    if (!objects.ok()) {
+      EXPECT_EQ(objects.status().code(), StatusCode::kInvalidArgument) << objects.status();
+      continue;
+    }
+    for (const ManifestObject& object : *objects) ExpectRoundTrip(*object.object);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
