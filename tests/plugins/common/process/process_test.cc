@@ -367,12 +367,19 @@ TEST_F(DaemonTest, DaemonHasOnlyStandardDescriptorsAndDevNullStdin) {
   ::close(high);
   ASSERT_TRUE(pid.ok()) << pid.status();
   started_.push_back(*pid);
+  // The program itself may hold a file open for a moment while it starts (sleep reads the locale
+  // archive), so look until only 0-2 are left; an inherited descriptor would stay forever.
   std::vector<int> fds;
-  for (const auto& e :
-       std::filesystem::directory_iterator("/proc/" + std::to_string(*pid) + "/fd")) {
-    fds.push_back(std::stoi(e.path().filename()));
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    fds.clear();
+    for (const auto& e :
+         std::filesystem::directory_iterator("/proc/" + std::to_string(*pid) + "/fd")) {
+      fds.push_back(std::stoi(e.path().filename()));
+    }
+    std::sort(fds.begin(), fds.end());
+    if (fds == std::vector<int>{0, 1, 2}) break;
+    std::this_thread::sleep_for(milliseconds(20));
   }
-  std::sort(fds.begin(), fds.end());
   EXPECT_EQ(fds, (std::vector<int>{0, 1, 2}));
   EXPECT_EQ(std::filesystem::read_symlink("/proc/" + std::to_string(*pid) + "/fd/0"), "/dev/null");
   EXPECT_EQ(std::filesystem::read_symlink("/proc/" + std::to_string(*pid) + "/fd/1"),
