@@ -93,6 +93,8 @@ void EventBus::Unsubscribe(std::uint64_t id) {
 }
 
 void EventBus::Flush() {
+  // From a callback, the event being delivered counts as undelivered: waiting would deadlock.
+  if (std::this_thread::get_id() == thread_.get_id()) return;
   std::unique_lock lock(mu_);
   auto target = published_;
   cv_.wait(lock, [&] { return delivered_ >= target; });

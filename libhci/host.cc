@@ -144,8 +144,11 @@ struct Host::Impl {
     network.reset();
     storage.reset();
     contexts.clear();
-    embedder_subscription.Reset();
     tracker.reset();
+    // The embedder's sink is promised every event (HostOptions::event_sink): deliver what is
+    // still queued before unsubscribing it.
+    if (bus) bus->Flush();
+    embedder_subscription.Reset();
     bus.reset();
     if (lock_fd >= 0) ::close(lock_fd);
   }
@@ -208,6 +211,7 @@ Status Host::Impl::CreateOne(BackendKind kind, const v1::BackendBinding& binding
   const PluginDescriptor* descriptor = loader->Find(name);
   if (descriptor == nullptr) {
     std::string dirs;
+    for (const auto& f : config.plugin_files()) dirs += (dirs.empty() ? "" : ", ") + f;
     for (const auto& d : config.plugin_dirs()) dirs += (dirs.empty() ? "" : ", ") + d;
     if (const v1::PluginInfo* info = loader->FindInfo(name); info != nullptr) {
       // The reason already starts with the plugin's path.
@@ -303,6 +307,12 @@ Result<std::unique_ptr<Host>> Host::Open(const v1::HostConfig& config, HostOptio
   if (cfg.plugin_dirs().empty()) {
     for (auto& d : DefaultPluginDirs()) cfg.add_plugin_dirs(d);
   }
+  for (int i = 0; i < cfg.plugin_files_size(); ++i) {
+    if (cfg.plugin_files(i).empty() || cfg.plugin_files(i).front() != '/') {
+      return InvalidArgument("plugin_files[" + std::to_string(i) + "]: \"" + cfg.plugin_files(i) +
+                             "\" must be an absolute path");
+    }
+  }
   HCI_RETURN_NOT_OK(MakePrivateDir(cfg.state_dir(), "state_dir"));
   HCI_ASSIGN_OR_RAISE(impl->lock_fd, LockStateDir(cfg.state_dir()));
 
@@ -317,6 +327,9 @@ Result<std::unique_ptr<Host>> Host::Open(const v1::HostConfig& config, HostOptio
   }
   impl->tracker = std::make_unique<internal::OperationTrackerImpl>(impl->bus.get());
   impl->loader = std::make_unique<internal::PluginLoader>(impl->logger.WithComponent("loader"));
+  // Explicit files first: they are what the embedder asked for by name, so they win a name
+  // clash with a file found by scanning.
+  for (const auto& file : cfg.plugin_files()) impl->loader->LoadFile(file);
   impl->loader->ScanDirectories({cfg.plugin_dirs().begin(), cfg.plugin_dirs().end()});
   HCI_RETURN_NOT_OK(impl->CreateBackends());
   return std::unique_ptr<Host>(new Host(std::move(impl)));
@@ -356,6 +369,8 @@ std::vector<v1::PluginInfo> Host::plugins() const { return impl_->loader->report
 Subscription Host::Subscribe(EventCallback callback) {
   return impl_->bus->Subscribe(std::move(callback));
 }
+
+void Host::FlushEvents() const { impl_->bus->Flush(); }
 
 std::vector<v1::OperationStatus> Host::ListOperations() const { return impl_->tracker->List(); }
 

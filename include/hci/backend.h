@@ -13,6 +13,7 @@ namespace hci {
 /// The five kinds of backend a plugin can provide.
 enum class BackendKind { kCompute, kStorage, kNetwork, kImage, kBackup };
 
+/// Every kind, for iterating over them.
 inline constexpr BackendKind kAllBackendKinds[] = {BackendKind::kCompute, BackendKind::kStorage,
                                                    BackendKind::kNetwork, BackendKind::kImage,
                                                    BackendKind::kBackup};

@@ -33,6 +33,8 @@ class HCI_EXPORT ComputeBackend : public Backend {
  public:
   ~ComputeBackend() override;
 
+  /// What this backend implements; every optional method it does not claim answers
+  /// Unimplemented. Cheap and constant for the backend's lifetime.
   virtual v1::ComputeCapabilities Capabilities() const = 0;
 
   /// Defines a VM (persisting its spec) without starting it unless run_strategy is Always.
@@ -41,6 +43,7 @@ class HCI_EXPORT ComputeBackend : public Backend {
   virtual Result<v1::VirtualMachine> CreateVm(const v1::CreateVmRequest& request) = 0;
   /// NotFound when there is no such VM.
   virtual Result<v1::VirtualMachine> GetVm(const v1::GetVmRequest& request) = 0;
+  /// The VMs carrying every label of `label_selector` (all VMs when it is empty).
   virtual Result<v1::ListVmsResponse> ListVms(const v1::ListVmsRequest& request) = 0;
   /// Removes the VM definition. OK when it does not exist. FailedPrecondition while it runs
   /// unless `force` (then it is stopped first).

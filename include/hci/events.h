@@ -19,6 +19,7 @@ class HCI_EXPORT EventSink {
   virtual void Publish(const v1::Event& event) = 0;
 };
 
+/// Receives events from Host::Subscribe, on the core's dispatch thread.
 using EventCallback = std::function<void(const v1::Event&)>;
 
 /// Keeps a Host::Subscribe callback registered; unsubscribes on destruction or Reset().
@@ -27,14 +28,20 @@ using EventCallback = std::function<void(const v1::Event&)>;
 class HCI_EXPORT Subscription {
  public:
   Subscription() = default;
+  /// Keeps a registration alive; `cancel` undoes it (called once, by Reset() or the destructor).
   explicit Subscription(std::function<void()> cancel);
+  ///@{
+  /// Takes over `other`'s registration; `other` becomes inactive.
   Subscription(Subscription&& other) noexcept;
   Subscription& operator=(Subscription&& other) noexcept;
+  ///@}
   Subscription(const Subscription&) = delete;
   Subscription& operator=(const Subscription&) = delete;
   ~Subscription();
 
+  /// Unsubscribes now; afterwards the callback is not running and will not run again.
   void Reset();
+  /// True until Reset() (or a move from this Subscription).
   bool active() const { return static_cast<bool>(cancel_); }
 
  private:

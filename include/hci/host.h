@@ -37,12 +37,13 @@ struct HostOptions {
 /// are valid for the Host's lifetime and safe to call from any thread.
 class HCI_EXPORT Host {
  public:
-  /// Opens a host: creates `config.state_dir` (0700) if needed, scans `config.plugin_dirs`
-  /// (empty: $HCI_PLUGIN_PATH, colon-separated, else the installed plugin directory), loads every
-  /// acceptable plugin, and creates the configured backends.
+  /// Opens a host: creates `config.state_dir` (0700) if needed, loads `config.plugin_files`
+  /// (absolute paths), then scans `config.plugin_dirs` (empty: $HCI_PLUGIN_PATH,
+  /// colon-separated, else the installed plugin directory), loads every acceptable plugin with
+  /// the same checks, and creates the configured backends.
   ///
-  /// Only one Host at a time manages a state directory (an flock on <state_dir>/host.lock, released
-  /// when the Host is destroyed or its process dies).
+  /// Only one Host at a time manages a state directory (an flock on `<state_dir>/host.lock`,
+  /// released when the Host is destroyed or its process dies).
   ///
   /// A refused plugin does not stop the others; it appears in plugins() with the reason. Errors:
   /// InvalidArgument naming the config field (a bad node name, a backend binding without a
@@ -66,18 +67,26 @@ class HCI_EXPORT Host {
   /// The effective config (defaults filled in: node_name, state_dir, plugin_dirs).
   const v1::HostConfig& config() const;
 
-  /// FailedPrecondition when no plugin serves that kind (backends.<kind> unset in the config).
+  ///@{
+  /// The backend of each kind; FailedPrecondition when no plugin serves that kind
+  /// (`backends.<kind>` unset in the config).
   Result<ComputeBackend*> compute() const;
   Result<StorageBackend*> storage() const;
   Result<NetworkBackend*> network() const;
   Result<ImageBackend*> image() const;
   Result<BackupBackend*> backup() const;
+  ///@}
 
   /// Every plugin file the loader looked at, loaded or refused (with the reason), in scan order.
   std::vector<v1::PluginInfo> plugins() const;
 
   /// Registers `callback` for every event from now on (see EventSink for threading).
   Subscription Subscribe(EventCallback callback);
+
+  /// Blocks until every event published before the call has been delivered to every
+  /// subscriber, e.g. so that a command shows the events of the calls it just made. Returns at
+  /// once when called from a subscriber callback (the delivering thread cannot wait for itself).
+  void FlushEvents() const;
 
   /// Operations still running or finished in the last 10 minutes, oldest first.
   std::vector<v1::OperationStatus> ListOperations() const;

@@ -9,6 +9,7 @@
 
 namespace hci {
 
+/// Severity of a log line, lowest first; kOff as a minimum level drops everything.
 enum class LogLevel { kTrace, kDebug, kInfo, kWarn, kError, kCritical, kOff };
 
 /// "trace", "debug", "info", "warn", "error", "critical", "off".
@@ -16,12 +17,16 @@ HCI_EXPORT std::string_view LogLevelName(LogLevel level);
 
 /// One log line. The views are valid only during LogSink::Write.
 struct LogRecord {
+  /// Severity.
   LogLevel level = LogLevel::kInfo;
   /// "core" or the plugin name.
   std::string_view component;
+  ///@{
   /// Kind and name of the object concerned ("vm", "demo"); both empty when none.
   std::string_view object_kind;
   std::string_view object_name;
+  ///@}
+  /// The line itself, a sentence without a trailing newline.
   std::string_view message;
 };
 
@@ -31,6 +36,7 @@ struct LogRecord {
 class HCI_EXPORT LogSink {
  public:
   virtual ~LogSink();
+  /// Writes one line; `record`'s views are valid only during the call.
   virtual void Write(const LogRecord& record) = 0;
 };
 
@@ -42,16 +48,22 @@ class HCI_EXPORT Logger {
  public:
   /// A logger that drops everything.
   Logger() = default;
+  /// Logs to `sink` as `component` (e.g. the plugin name) the lines at or above `min_level`.
   Logger(std::shared_ptr<LogSink> sink, std::string component, LogLevel min_level);
 
+  /// True when a line at `level` would be written: check it before building a costly message.
   bool enabled(LogLevel level) const { return sink_ && level >= min_level_ && level != LogLevel::kOff; }
+  /// "core" or the plugin name.
   const std::string& component() const { return component_; }
+  /// The lowest level written.
   LogLevel min_level() const { return min_level_; }
 
   /// Logs `message` about the object `kind`/`name` (pass empty views for none).
   void Log(LogLevel level, std::string_view kind, std::string_view name,
            std::string_view message) const;
 
+  ///@{
+  /// Log() at kDebug, kInfo, kWarn and kError.
   void Debug(std::string_view kind, std::string_view name, std::string_view message) const {
     Log(LogLevel::kDebug, kind, name, message);
   }
@@ -64,6 +76,7 @@ class HCI_EXPORT Logger {
   void Error(std::string_view kind, std::string_view name, std::string_view message) const {
     Log(LogLevel::kError, kind, name, message);
   }
+  ///@}
 
   /// The same sink and level for another component.
   Logger WithComponent(std::string component) const;

@@ -23,16 +23,21 @@ class OperationState;
 /// Copies share the same operation. Thread-safe. A default-constructed Operation is invalid.
 class HCI_EXPORT Operation {
  public:
+  /// Receives the operation's status; see OnProgress().
   using ProgressCallback = std::function<void(const v1::OperationStatus&)>;
 
   Operation() = default;
+  /// Used by OperationTracker implementations; plugins get handles from
+  /// OperationControl::handle().
   explicit Operation(std::shared_ptr<internal::OperationState> state);
 
+  /// False for a default-constructed Operation, which must not be used otherwise.
   bool valid() const { return state_ != nullptr; }
   /// Unique within the process, e.g. "op-42".
   std::string id() const;
   /// Phase, progress (bytes done / total), message, final code.
   v1::OperationStatus status() const;
+  /// True once the operation finished (succeeded, failed or was cancelled).
   bool done() const;
 
   /// Blocks until the operation finishes or `timeout` passes. Returns the final status
@@ -62,9 +67,15 @@ class HCI_EXPORT Operation {
 class HCI_EXPORT OperationControl {
  public:
   OperationControl() = default;
+  /// Used by OperationTracker implementations; plugins get controls from
+  /// OperationTracker::Start().
   explicit OperationControl(std::shared_ptr<internal::OperationState> state);
+  ///@{
+  /// Moves the producer's side; assigning over a control that did not Finish() finishes its
+  /// operation as Internal ("abandoned").
   OperationControl(OperationControl&&) noexcept = default;
   OperationControl& operator=(OperationControl&&) noexcept;
+  ///@}
   OperationControl(const OperationControl&) = delete;
   OperationControl& operator=(const OperationControl&) = delete;
   ~OperationControl();
@@ -92,7 +103,9 @@ class HCI_EXPORT OperationControl {
 struct OperationInfo {
   /// CamelCase verb, e.g. "ImportImage".
   std::string kind;
+  /// The object the operation works on.
   v1::ObjectRef object;
+  /// False: Operation::Cancel() answers Unimplemented.
   bool cancellable = true;
   /// "bytes" (default) or "items".
   std::string progress_unit;

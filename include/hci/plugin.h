@@ -46,13 +46,14 @@ class HCI_EXPORT PluginContext {
  public:
   virtual ~PluginContext();
 
+  /// The plugin's name, as in its descriptor and the host config.
   virtual const std::string& plugin_name() const = 0;
   /// This node's name (HostConfig.node_name).
   virtual const std::string& node_name() const = 0;
-  /// The plugin's own persistent directory, <state_dir>/plugins/<plugin>/, created with mode
+  /// The plugin's own persistent directory, `<state_dir>/plugins/<plugin>/`, created with mode
   /// 0700. Shared by all backend kinds of the plugin.
   virtual const std::string& state_dir() const = 0;
-  /// The options of this backend's binding in the host config (backends.<kind>.options).
+  /// The options of this backend's binding in the host config (`backends.<kind>.options`).
   virtual const google::protobuf::Struct& options() const = 0;
   /// Logger whose component is the plugin name.
   virtual const Logger& logger() const = 0;
@@ -61,6 +62,7 @@ class HCI_EXPORT PluginContext {
   /// Where the plugin starts long operations.
   virtual OperationTracker& operations() = 0;
 
+  ///@{
   /// The host's other backends, through the core (names validated, calls logged), for
   /// cross-kind work such as a compute plugin attaching volumes. nullptr when that kind is not
   /// configured. Valid once every factory has run (not inside a factory).
@@ -69,8 +71,10 @@ class HCI_EXPORT PluginContext {
   virtual NetworkBackend* network() = 0;
   virtual ImageBackend* image() = 0;
   virtual BackupBackend* backup() = 0;
+  ///@}
 };
 
+///@{
 /// Factories, one per backend kind; nullptr for the kinds the plugin does not provide.
 /// A factory returns InvalidArgument naming the option for bad options.
 using ComputeFactory = Result<std::unique_ptr<ComputeBackend>> (*)(PluginContext& context);
@@ -78,13 +82,18 @@ using StorageFactory = Result<std::unique_ptr<StorageBackend>> (*)(PluginContext
 using NetworkFactory = Result<std::unique_ptr<NetworkBackend>> (*)(PluginContext& context);
 using ImageFactory = Result<std::unique_ptr<ImageBackend>> (*)(PluginContext& context);
 using BackupFactory = Result<std::unique_ptr<BackupBackend>> (*)(PluginContext& context);
+///@}
 
+/// The descriptor's factories: which backend kinds the plugin provides, and how to make them.
 struct PluginFactories {
+  ///@{
+  /// The factory of each kind; nullptr when the plugin does not provide it.
   ComputeFactory compute = nullptr;
   StorageFactory storage = nullptr;
   NetworkFactory network = nullptr;
   ImageFactory image = nullptr;
   BackupFactory backup = nullptr;
+  ///@}
 };
 
 /// What `hci_plugin_entry` returns. The fields up to `protobuf_version` are the stable header:
@@ -99,9 +108,11 @@ struct PluginDescriptor {
   std::int32_t cxx11_abi;     ///< _GLIBCXX_USE_CXX11_ABI, or -1
   std::int32_t protobuf_version;  ///< GOOGLE_PROTOBUF_VERSION
   // End of the stable header.
+  /// After the stable header: read only once `abi_version` was accepted.
   PluginFactories factories;
 };
 
+/// The type of `hci_plugin_entry`.
 using PluginEntryFn = const PluginDescriptor* (*)();
 
 }  // namespace hci

@@ -22,17 +22,23 @@ class [[nodiscard]] Result {
   Result(Status status)  // NOLINT(google-explicit-constructor)
       : v_(status.ok() ? Internal("Result constructed from an OK status without a value")
                        : std::move(status)) {}
+  ///@{
+  /// A Result holding `value` (or a value converted from it).
   Result(const T& value) : v_(value) {}  // NOLINT(google-explicit-constructor)
   Result(T&& value) : v_(std::move(value)) {}  // NOLINT(google-explicit-constructor)
   template <typename U, typename = std::enable_if_t<std::is_convertible_v<U&&, T> &&
                                                     !std::is_same_v<std::decay_t<U>, T> &&
                                                     !std::is_same_v<std::decay_t<U>, Status>>>
   Result(U&& value) : v_(T(std::forward<U>(value))) {}  // NOLINT(google-explicit-constructor)
+  ///@}
 
+  /// True when a value is held.
   bool ok() const { return v_.index() == 1; }
   /// OK when a value is held.
   Status status() const { return ok() ? Status() : std::get<0>(v_); }
 
+  ///@{
+  /// The value; aborts the process, printing the status, when errored (check ok() first).
   const T& ValueOrDie() const& {
     CheckOk();
     return std::get<1>(v_);
@@ -50,6 +56,7 @@ class [[nodiscard]] Result {
   T operator*() && { return std::move(*this).ValueOrDie(); }
   const T* operator->() const { return &ValueOrDie(); }
   T* operator->() { return &ValueOrDie(); }
+  ///@}
 
   /// The value, or `fallback` when errored.
   T ValueOr(T fallback) const& { return ok() ? std::get<1>(v_) : std::move(fallback); }

@@ -46,15 +46,21 @@ class [[nodiscard]] HCI_EXPORT Status {
   /// `code` must not be kOk when `message` is set; kOk with a message yields OK.
   Status(StatusCode code, std::string message);
 
+  ///@{
+  /// Copies and moves; a moved-from Status is OK.
   Status(const Status& other);
   Status& operator=(const Status& other);
   Status(Status&&) noexcept = default;
   Status& operator=(Status&&) noexcept = default;
+  ///@}
   ~Status() = default;
 
+  /// The OK status (the same as Status()).
   static Status OK() { return Status(); }
 
+  /// True for OK.
   bool ok() const { return state_ == nullptr; }
+  /// kOk for OK.
   StatusCode code() const { return ok() ? StatusCode::kOk : state_->code; }
   /// Empty for OK.
   const std::string& message() const;
@@ -65,6 +71,7 @@ class [[nodiscard]] HCI_EXPORT Status {
   /// A copy with `context` prepended to the message: "context: message". OK stays OK.
   Status WithContext(std::string_view context) const;
 
+  /// Same code and same message.
   bool operator==(const Status& other) const;
 
   /// Marks a status as deliberately ignored.
@@ -78,8 +85,10 @@ class [[nodiscard]] HCI_EXPORT Status {
   std::unique_ptr<State> state_;
 };
 
+/// Writes status.ToString().
 HCI_EXPORT std::ostream& operator<<(std::ostream& os, const Status& status);
 
+///@{
 /// Constructors for each code.
 HCI_EXPORT Status Cancelled(std::string message);
 HCI_EXPORT Status UnknownError(std::string message);
@@ -97,6 +106,7 @@ HCI_EXPORT Status Internal(std::string message);
 HCI_EXPORT Status Unavailable(std::string message);
 HCI_EXPORT Status DataLoss(std::string message);
 HCI_EXPORT Status Unauthenticated(std::string message);
+///@}
 
 /// Status from errno: ENOENT -> NotFound, EEXIST -> AlreadyExists, EACCES/EPERM ->
 /// PermissionDenied, ENOSPC -> ResourceExhausted, EAGAIN/EINTR/EBUSY -> Unavailable,

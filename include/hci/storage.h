@@ -14,6 +14,8 @@ class HCI_EXPORT StorageBackend : public Backend {
  public:
   ~StorageBackend() override;
 
+  /// What this backend implements; every optional method it does not claim answers
+  /// Unimplemented. Cheap and constant for the backend's lifetime.
   virtual v1::StorageCapabilities Capabilities() const = 0;
 
   /// Creates a volume, blank or from `spec.source` (image, snapshot or volume: a clone).
@@ -23,6 +25,7 @@ class HCI_EXPORT StorageBackend : public Backend {
   virtual Result<v1::Volume> CreateVolume(const v1::CreateVolumeRequest& request) = 0;
   /// NotFound when there is no such volume.
   virtual Result<v1::Volume> GetVolume(const v1::GetVolumeRequest& request) = 0;
+  /// The volumes carrying every label of `label_selector` (all volumes when it is empty).
   virtual Result<v1::ListVolumesResponse> ListVolumes(const v1::ListVolumesRequest& request) = 0;
   /// OK when it does not exist. FailedPrecondition while attached.
   virtual Status DeleteVolume(const v1::DeleteVolumeRequest& request) = 0;
@@ -38,6 +41,8 @@ class HCI_EXPORT StorageBackend : public Backend {
   virtual Result<v1::Volume> ExpandVolume(const v1::ExpandVolumeRequest& request);
   /// Optional (capability `snapshots`). Idempotent by name within the volume.
   virtual Result<v1::Snapshot> CreateSnapshot(const v1::CreateSnapshotRequest& request);
+  /// Optional (capability `snapshots`). The snapshots of `volume`; NotFound for an unknown
+  /// volume.
   virtual Result<v1::ListSnapshotsResponse> ListSnapshots(const v1::ListSnapshotsRequest& request);
   /// OK when it does not exist.
   virtual Status DeleteSnapshot(const v1::DeleteSnapshotRequest& request);

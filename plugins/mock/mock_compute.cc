@@ -690,6 +690,11 @@ class MockCompute final : public ComputeBackend {
       if (phase == v1::VM_PHASE_PAUSED) {
         return WrongPhase(name, phase, "resume it instead of starting it");
       }
+      // RUN_STRATEGY_HALTED means "keep stopped" (as the kvm plugin does).
+      if (vm->obj.spec().run_strategy() == v1::RUN_STRATEGY_HALTED) {
+        return FailedPrecondition("vm " + Quote(name) +
+                                  ": spec.run_strategy is Halted, which keeps the VM stopped");
+      }
       SetPhaseLocked(*vm, v1::VM_PHASE_STARTING, "Starting");
       snapshot = vm->obj;
     }

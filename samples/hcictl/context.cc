@@ -178,6 +178,8 @@ hci::Result<hci::BackupBackend*> Context::backup() {
 }
 
 std::vector<v1::Event> Context::EventsFor(std::string_view kind, std::string_view name) const {
+  // Events are delivered on the core's thread: wait for those of the calls made so far.
+  if (host_) host_->FlushEvents();
   std::lock_guard<std::mutex> lock(events_mu_);
   std::vector<v1::Event> out;
   for (const v1::Event& event : events_) {

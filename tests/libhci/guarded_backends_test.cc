@@ -44,9 +44,11 @@ class CapturingLogSink : public LogSink {
 class RecordingEventSink : public EventSink {
  public:
   void Publish(const v1::Event& e) override {
+    std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms.load()));
     std::lock_guard lock(mu_);
     events_.push_back(e);
   }
+  std::atomic<int> delay_ms = 0;  // a slow embedder
   std::vector<v1::Event> events() {
     std::lock_guard lock(mu_);
     return events_;
@@ -229,6 +231,38 @@ TEST_F(GuardedBackendsTest, EventsReachSinkAndSubscribersWithSourceAndNode) {
   }
   std::lock_guard lock(mu);
   EXPECT_EQ(seen.size(), 2u);
+}
+
+TEST_F(GuardedBackendsTest, FlushEventsReturnsAfterEarlierEventsWereDelivered) {
+  std::atomic<int> seen = 0;
+  std::atomic<bool> flushed_in_callback = false;
+  // A slow subscriber: without the flush, the count below would still be 0 or 1.
+  Subscription sub = host_->Subscribe([&](const v1::Event&) {
+    std::this_thread::sleep_for(100ms);
+    host_->FlushEvents();  // from the delivering thread: must return, not deadlock
+    flushed_in_callback = true;
+    ++seen;
+  });
+  v1::GetVolumeRequest get;
+  get.set_name("first");
+  ASSERT_TRUE(storage_->GetVolume(get).ok());
+  get.set_name("second");
+  ASSERT_TRUE(storage_->GetVolume(get).ok());
+  host_->FlushEvents();
+  EXPECT_EQ(seen.load(), 2);
+  EXPECT_TRUE(flushed_in_callback.load());
+}
+
+TEST_F(GuardedBackendsTest, ClosingTheHostDeliversQueuedEventsToTheEmbedderSink) {
+  events_->delay_ms = 100;
+  v1::GetVolumeRequest get;
+  for (const char* name : {"first", "second", "third"}) {
+    get.set_name(name);
+    ASSERT_TRUE(storage_->GetVolume(get).ok());
+  }
+  host_.reset();  // while the sink is still busy with the first event
+  ASSERT_EQ(events_->events().size(), 3u);
+  EXPECT_EQ(events_->events()[2].object().name(), "third");
 }
 
 TEST_F(GuardedBackendsTest, SubscriptionMayOutliveTheHost) {
