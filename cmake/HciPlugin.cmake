@@ -3,10 +3,20 @@
 # Builds a libhci plugin the way the house style asks: an OBJECT library
 # `hci_plugin_<name>_obj` (unit tests link it) plus a thin MODULE `hci_plugin_<name>` whose file is
 # `hci_<name>.so` (integration tests and the Host load it). Both build with hidden visibility;
-# the module exports only `hci_plugin_entry`. Installed under <libdir>/hci/plugins unless
-# NO_INSTALL.
+# the module exports only `hci_plugin_entry`. Installed under <libdir>/hci/plugins of the
+# project's install prefix (`cmake --install <build> --prefix <libhci's prefix>` puts it where
+# libhci looks by default) unless NO_INSTALL.
+#
+# <name> must be the name given to HCI_PLUGIN(...), an RFC 1123 label: the loader finds a plugin
+# it refused by its file name, hci_<name>.so.
 function(hci_add_plugin name)
   cmake_parse_arguments(ARG "NO_INSTALL" "OUTPUT_DIRECTORY" "SOURCES;LIBRARIES" ${ARGN})
+  string(LENGTH "${name}" length)
+  if(NOT name MATCHES "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$" OR length GREATER 63)
+    message(FATAL_ERROR "hci_add_plugin(${name}): the name must be an RFC 1123 label (1-63 "
+                        "lowercase letters, digits and '-', starting and ending with a letter or "
+                        "digit), as HCI_PLUGIN requires")
+  endif()
   if(NOT ARG_SOURCES)
     message(FATAL_ERROR "hci_add_plugin(${name}): SOURCES is required")
   endif()
