@@ -1557,7 +1557,12 @@ void KvmCompute::Adopt(const std::shared_ptr<Vm>& vm, pid_t pid) {
     if (state == "shutdown") run->guest_shutdown = true;
     if (state == "guest-panicked") run->panicked = true;
     std::string message = "reattached to QEMU pid " + std::to_string(pid);
-    if (!client.ok()) {
+    const v1::VmPhase persisted = vm->obj.status().phase();
+    if (client.ok() && ((state == "running" && persisted == v1::VM_PHASE_RUNNING) ||
+                        (state == "paused" && persisted == v1::VM_PHASE_PAUSED))) {
+      // Nothing happened to the VM: keep the reason of the transition that got it here
+      // (Started, PausedByUser, ...), as every short-lived embedder such as hcictl reattaches.
+    } else if (!client.ok()) {
       SetPhaseLocked(*vm, v1::VM_PHASE_UNKNOWN, "MonitorUnavailable",
                      message + ", but its monitor does not answer: " + client.status().message());
     } else if (state == "running") {
