@@ -1863,7 +1863,12 @@ class Writer {
                              is_key ? "key" : "string", bad, Quote(s)));
       return;
     }
-    if (NeedsQuotes(s)) {
+    // yaml-cpp may write a control character other than a line feed (e.g. a carriage return)
+    // into a plain scalar, where the reader takes it for a line break: escape it instead.
+    const bool control = std::any_of(s.begin(), s.end(), [](char c) {
+      return (static_cast<unsigned char>(c) < 0x20 && c != '\n') || c == 0x7f;
+    });
+    if (NeedsQuotes(s) || control) {
       out_ << YAML::DoubleQuoted << s;
     } else if (!is_key && s.find('\n') != std::string::npos && LiteralBlockKeepsText(s)) {
       // yaml-cpp writes the text's own line breaks and then one of its own; the reader's "clip"

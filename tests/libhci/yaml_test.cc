@@ -1060,6 +1060,10 @@ TEST(YamlTest, RoundTripsRichMessages) {
                                  "-",
                                  ":",
                                  "? ",
+                                 // Found by yaml_fuzzer: a plain scalar would lose a \r.
+                                 "mocklicated \r\r\r",
+                                 "tab\there",
+                                 "bell\a",
                                  std::string(2000, 'k')};
   for (const std::string& s : strings) {
     f[s].set_string_value(s);
