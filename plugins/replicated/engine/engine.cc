@@ -1,0 +1,1092 @@
+// The replicated volume's engine. Concurrency model:
+// - `gate_` (shared_mutex): every data request holds it shared from sending until all of its
+//   replicas answered; membership changes (a replica failed, a generation bump, a rebuild
+//   joining or finishing, a snapshot) hold it exclusively, so they never interleave with a
+//   request in flight and a request never straddles two generations.
+// - Member states and generation_ change only under the exclusive gate and `state_mu_`;
+//   readers under the shared gate see them stable, GetStatus() takes state_mu_ alone.
+// - While a rebuild copies, data writes and the copier lock the stripes of the chunks they touch,
+//   so that a copy of an old block never lands after a newer write of the same block.
+#include "engine/engine.h"
+
+#include <spdlog/spdlog.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <fstream>
+#include <mutex>
+#include <optional>
+#include <shared_mutex>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "store/replica_store.h"
+#include "wire/replica_wire.h"
+
+namespace hci::replicated {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+constexpr std::uint64_t kBlock = wire::kBlockSize;
+// Stripes of the rebuild lock, each covering whole copy chunks.
+constexpr std::size_t kStripes = 1024;
+// What a rebuild copies at a time (bytes); a multiple of the replicas' 64 KiB dirty chunk.
+constexpr std::uint64_t kCopyChunk = 1u << 20;
+
+int64_t NowUnixMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// Completion count of one fan-out.
+struct Batch {
+  std::mutex mu;
+  std::condition_variable cv;
+  int outstanding = 0;
+  void Done() {
+    std::lock_guard lock(mu);
+    if (--outstanding == 0) cv.notify_all();
+  }
+  void Wait() {
+    std::unique_lock lock(mu);
+    cv.wait(lock, [&] { return outstanding == 0; });
+  }
+};
+
+struct Waiter {
+  Batch* batch = nullptr;
+  Status status;
+  std::span<std::uint8_t> read_into;
+  Clock::time_point sent;
+};
+
+// One pipelined connection to a replica, with the thread that matches answers to requests.
+class Link {
+ public:
+  explicit Link(std::unique_ptr<wire::Connection> conn) : conn_(std::move(conn)) {
+    reader_ = std::thread([this] { ReaderLoop(); });
+  }
+  ~Link() {
+    Shutdown(Unavailable(conn_->peer() + ": connection closed by the engine"));
+    reader_.join();
+  }
+
+  // Sends a request; `w` completes (batch->Done()) exactly once, with the answer or an error.
+  void Submit(wire::Header header, std::span<const std::uint8_t> payload, Waiter* w) {
+    {
+      std::lock_guard lock(mu_);
+      if (dead_) {
+        w->status = dead_status_;
+        w->batch->Done();
+        return;
+      }
+      header.handle = next_handle_++;
+      w->sent = Clock::now();
+      pending_.emplace(header.handle, w);
+    }
+    Status st = conn_->Send(header, payload);
+    if (!st.ok()) Shutdown(st);
+  }
+
+  // Fails every pending request with `why` and closes the socket (the reader then exits).
+  void Shutdown(const Status& why) {
+    FailAll(why);
+    conn_->Shutdown();
+  }
+
+  std::optional<Clock::time_point> OldestPending() {
+    std::lock_guard lock(mu_);
+    std::optional<Clock::time_point> oldest;
+    for (const auto& [handle, w] : pending_) {
+      if (!oldest || w->sent < *oldest) oldest = w->sent;
+    }
+    return oldest;
+  }
+
+ private:
+  void FailAll(const Status& why) {
+    std::unordered_map<std::uint64_t, Waiter*> pending;
+    {
+      std::lock_guard lock(mu_);
+      if (!dead_) {
+        dead_ = true;
+        dead_status_ = why;
+      }
+      pending.swap(pending_);
+    }
+    for (auto& [handle, w] : pending) {
+      w->status = dead_status_;
+      w->batch->Done();
+    }
+  }
+
+  void ReaderLoop() {
+    std::string payload;
+    for (;;) {
+      wire::Header h;
+      Status st = conn_->Receive(&h, &payload);
+      if (!st.ok()) {
+        FailAll(Unavailable(conn_->peer() + ": " + st.message()));
+        return;
+      }
+      Waiter* w = nullptr;
+      {
+        std::lock_guard lock(mu_);
+        auto it = pending_.find(h.handle);
+        if (it != pending_.end()) {
+          w = it->second;
+          pending_.erase(it);
+        }
+      }
+      if (w == nullptr) {
+        Shutdown(
+            Internal(conn_->peer() + ": answer to unknown request " + std::to_string(h.handle)));
+        return;
+      }
+      if (h.status != 0) {
+        w->status = wire::ErrnoToStatus(h.status, conn_->peer());
+      } else if (!w->read_into.empty()) {
+        if (payload.size() != w->read_into.size()) {
+          w->status = Internal(conn_->peer() + ": READ answered " + std::to_string(payload.size()) +
+                               " bytes, expected " + std::to_string(w->read_into.size()));
+        } else {
+          std::memcpy(w->read_into.data(), payload.data(), payload.size());
+        }
+      }
+      w->batch->Done();
+    }
+  }
+
+  std::unique_ptr<wire::Connection> conn_;
+  std::mutex mu_;
+  std::unordered_map<std::uint64_t, Waiter*> pending_;
+  std::uint64_t next_handle_ = 1;
+  bool dead_ = false;
+  Status dead_status_;
+  std::thread reader_;
+};
+
+struct Member {
+  v1::EngineReplica config;
+  v1::MemberState state = v1::MEMBER_STATE_OFFLINE;
+  std::uint64_t generation = 0;
+  std::string message;
+  // Control calls (generation, snapshot, changed blocks); has send/receive timeouts.
+  std::mutex control_mu;
+  std::unique_ptr<wire::Connection> control;
+  std::vector<std::unique_ptr<Link>> links;
+  std::atomic<std::uint64_t> next_link{0};
+  std::atomic<std::uint64_t> rebuild_done{0};
+  std::atomic<std::uint64_t> rebuild_total{0};
+
+  Link* PickLink() { return links[next_link++ % links.size()].get(); }
+  bool Serving() const {
+    return state == v1::MEMBER_STATE_HEALTHY || state == v1::MEMBER_STATE_REBUILDING;
+  }
+};
+
+std::vector<Extent> ToExtents(const v1::ExtentList& list) {
+  std::vector<Extent> out;
+  const int n = std::min(list.offsets_size(), list.lengths_size());
+  out.reserve(n);
+  for (int i = 0; i < n; ++i) out.push_back({list.offsets(i), list.lengths(i)});
+  return out;
+}
+
+// Sorted, merged union of two extent lists.
+std::vector<Extent> Union(std::vector<Extent> a, const std::vector<Extent>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  std::sort(a.begin(), a.end(),
+            [](const Extent& x, const Extent& y) { return x.offset < y.offset; });
+  std::vector<Extent> out;
+  for (const Extent& e : a) {
+    if (e.length == 0) continue;
+    if (!out.empty() && e.offset <= out.back().offset + out.back().length) {
+      out.back().length =
+          std::max(out.back().offset + out.back().length, e.offset + e.length) - out.back().offset;
+    } else {
+      out.push_back(e);
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+class EngineImpl {
+ public:
+  EngineImpl(v1::EngineConfig config, std::string secret)
+      : config_(std::move(config)), secret_(std::move(secret)) {}
+  ~EngineImpl() { Stop(); }
+
+  Status Init();
+  void Stop();
+
+  std::uint64_t size_bytes() const { return size_bytes_.load(); }
+  Status Read(std::uint64_t offset, std::span<std::uint8_t> out);
+  Status Mutate(wire::MsgType type, std::uint64_t offset, std::uint64_t count,
+                std::span<const std::uint8_t> payload, bool fua);
+  v1::EngineStatus GetStatus() const;
+  Status Snapshot(const std::string& name);
+
+ private:
+  Status CheckRange(std::uint64_t offset, std::uint64_t count) const;
+  // Dials the member's control connection and `links` data connections; returns its meta.
+  Result<v1::ReplicaMeta> Connect(Member& m);
+  Status ControlCall(Member& m, const v1::ControlRequest& request, v1::ControlResponse* response);
+  // Marks members failed (if still serving) and bumps the generation; takes the exclusive gate.
+  void FailMembers(const std::vector<std::pair<Member*, Status>>& failures);
+  // Under the exclusive gate: moves every serving member to generation_ + 1 until all of them
+  // persisted it (a member that fails to is failed itself and the bump repeated).
+  void BumpGenerationLocked();
+  void MarkFailedLocked(Member& m, const Status& why);
+  void SetStateLocked(Member& m, v1::MemberState state, std::string message);
+  // Copies into `target` from a healthy member what it lacks since generation `since` (a full
+  // copy when `full` or when either side's history does not go back that far).
+  Status Rebuild(Member& target, std::uint64_t since, bool full);
+  Result<std::vector<Extent>> ExtentsToCopy(Member& source, Member& target, std::uint64_t since,
+                                            bool full);
+  Status CopyExtent(Member& target, std::uint64_t offset, std::uint64_t length);
+  Member* HealthySource();
+  void LockStripes(std::uint64_t offset, std::uint64_t count, std::vector<std::size_t>* locked);
+  void UnlockStripes(const std::vector<std::size_t>& locked);
+  void WatchdogLoop();
+  void MaintenanceLoop();
+  int HealthyCountLocked() const;
+  // After a flush, at most every epoch_: a new generation, so that a replica failing later needs
+  // only the chunks written since this point (its generation's history), not everything since
+  // the engine started.
+  void MaybeStartEpoch();
+
+  v1::EngineConfig config_;
+  std::string secret_;
+  std::uint32_t write_quorum_ = 0;
+  std::uint32_t read_quorum_ = 0;
+  std::chrono::milliseconds io_timeout_{5000};
+  std::uint32_t links_per_member_ = 2;
+  std::atomic<std::uint64_t> size_bytes_{0};
+
+  std::vector<std::unique_ptr<Member>> members_;
+  mutable std::shared_mutex gate_;
+  mutable std::mutex state_mu_;
+  std::uint64_t generation_ = 0;
+  // The generation this engine's run began with: a member that fell behind at or after it
+  // missed nothing the healthy members did not get, so its own history is not needed.
+  std::uint64_t start_generation_ = 0;
+  std::atomic<int> rebuilds_active_{0};
+  std::chrono::milliseconds epoch_{1000};
+  std::atomic<std::int64_t> epoch_began_ns_{0};
+  std::array<std::mutex, kStripes> stripes_;
+  std::atomic<std::uint64_t> next_read_{0};
+
+  std::atomic<std::uint64_t> read_ops_{0}, write_ops_{0}, read_bytes_{0}, write_bytes_{0},
+      flush_ops_{0}, failed_ops_{0};
+  std::int64_t started_unix_ms_ = 0;
+
+  std::mutex stop_mu_;
+  std::condition_variable stop_cv_;
+  bool stopping_ = false;
+  std::thread watchdog_;
+  std::thread maintenance_;
+};
+
+Status EngineImpl::CheckRange(std::uint64_t offset, std::uint64_t count) const {
+  if (offset % kBlock != 0) {
+    return InvalidArgument("offset: " + std::to_string(offset) + " is not a multiple of 4096");
+  }
+  if (count % kBlock != 0) {
+    return InvalidArgument("length: " + std::to_string(count) + " is not a multiple of 4096");
+  }
+  const std::uint64_t size = size_bytes_.load();
+  if (offset > size || count > size - offset) {
+    return InvalidArgument("offset: [" + std::to_string(offset) + ", +" + std::to_string(count) +
+                           ") is beyond the volume's size " + std::to_string(size));
+  }
+  return Status::OK();
+}
+
+Result<v1::ReplicaMeta> EngineImpl::Connect(Member& m) {
+  const int dial_ms = 3000;
+  const std::string who = "engine " + config_.volume();
+  HCI_ASSIGN_OR_RAISE(auto control, wire::Dial(m.config.address(), secret_, who, dial_ms));
+  // A replica that stops answering must not hang a generation bump: control calls time out.
+  timeval tv{};
+  tv.tv_sec = io_timeout_.count() / 1000;
+  tv.tv_usec = (io_timeout_.count() % 1000) * 1000;
+  setsockopt(control->fd(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  setsockopt(control->fd(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+  v1::ControlRequest get;
+  get.mutable_get()->set_replica(m.config.name());
+  v1::ControlResponse response;
+  HCI_RETURN_NOT_OK(wire::Call(*control, get, &response));
+  std::vector<std::unique_ptr<Link>> links;
+  for (std::uint32_t i = 0; i < links_per_member_; ++i) {
+    HCI_ASSIGN_OR_RAISE(auto conn, wire::Dial(m.config.address(), secret_, who, dial_ms));
+    v1::ControlRequest open;
+    open.mutable_open()->set_replica(m.config.name());
+    v1::ControlResponse opened;
+    HCI_RETURN_NOT_OK(wire::Call(*conn, open, &opened));
+    links.push_back(std::make_unique<Link>(std::move(conn)));
+  }
+  {
+    std::lock_guard lock(m.control_mu);
+    m.control = std::move(control);
+  }
+  m.links = std::move(links);
+  return response.info().meta();
+}
+
+Status EngineImpl::ControlCall(Member& m, const v1::ControlRequest& request,
+                               v1::ControlResponse* response) {
+  std::lock_guard lock(m.control_mu);
+  if (m.control == nullptr) return Unavailable("replica " + m.config.name() + " is not connected");
+  Status st = wire::Call(*m.control, request, response);
+  if (!st.ok() && (st.code() == StatusCode::kUnavailable || st.code() == StatusCode::kInternal)) {
+    // The exchange broke halfway: the connection cannot be trusted for the next call.
+    m.control->Shutdown();
+  }
+  return st.WithContext("replica " + m.config.name() + " on " + m.config.node());
+}
+
+Status EngineImpl::Init() {
+  if (config_.volume().empty()) return InvalidArgument("volume: must not be empty");
+  if (config_.size_bytes() == 0 || config_.size_bytes() % kBlock != 0) {
+    return InvalidArgument("size_bytes: " + std::to_string(config_.size_bytes()) +
+                           " is not a positive multiple of 4096");
+  }
+  const auto n = static_cast<std::uint32_t>(config_.replicas_size());
+  if (n == 0) return InvalidArgument("replicas: at least one replica is required");
+  write_quorum_ = config_.write_quorum() == 0 ? n / 2 + 1 : config_.write_quorum();
+  if (write_quorum_ > n) {
+    return InvalidArgument("write_quorum: " + std::to_string(write_quorum_) + " is more than the " +
+                           std::to_string(n) + " replicas");
+  }
+  read_quorum_ = n - write_quorum_ + 1;
+  if (config_.io_timeout_ms() != 0)
+    io_timeout_ = std::chrono::milliseconds(config_.io_timeout_ms());
+  if (config_.connections_per_replica() != 0) links_per_member_ = config_.connections_per_replica();
+  if (config_.epoch_ms() != 0) epoch_ = std::chrono::milliseconds(config_.epoch_ms());
+  epoch_began_ns_ = Clock::now().time_since_epoch().count();
+  size_bytes_ = config_.size_bytes();
+  started_unix_ms_ = NowUnixMs();
+  for (const auto& r : config_.replicas()) {
+    auto m = std::make_unique<Member>();
+    m->config = r;
+    members_.push_back(std::move(m));
+  }
+
+  // Wait for a read quorum: any read quorum intersects every write quorum, so the highest
+  // generation it holds is the volume's latest.
+  const auto start_timeout = std::chrono::milliseconds(
+      config_.start_timeout_ms() == 0 ? 30000 : config_.start_timeout_ms());
+  const auto deadline = Clock::now() + start_timeout;
+  std::vector<std::optional<v1::ReplicaMeta>> metas(n);
+  std::string last_errors;
+  for (;;) {
+    std::uint32_t reachable = 0;
+    last_errors.clear();
+    for (std::uint32_t i = 0; i < n; ++i) {
+      if (!metas[i]) {
+        auto meta = Connect(*members_[i]);
+        if (meta.ok()) {
+          metas[i] = *meta;
+        } else {
+          last_errors += "; " + members_[i]->config.name() + ": " + meta.status().message();
+        }
+      }
+      if (metas[i]) ++reachable;
+    }
+    if (reachable >= read_quorum_) break;
+    if (Clock::now() >= deadline) {
+      return Unavailable("volume " + config_.volume() + ": only " + std::to_string(reachable) +
+                         " of " + std::to_string(n) + " replicas answered within " +
+                         std::to_string(start_timeout.count()) + " ms; " +
+                         std::to_string(read_quorum_) + " are needed" + last_errors);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  }
+
+  // The source: highest generation, never a rebuild target, ties broken by replica name.
+  std::optional<std::uint32_t> source;
+  std::uint64_t top = 0;
+  for (std::uint32_t i = 0; i < n; ++i) {
+    if (!metas[i] || metas[i]->rebuilding()) continue;
+    const auto g = metas[i]->generation();
+    if (!source || g > top ||
+        (g == top && members_[i]->config.name() < members_[*source]->config.name())) {
+      source = i;
+      top = g;
+    }
+  }
+  if (!source) {
+    return DataLoss("volume " + config_.volume() +
+                    ": every reachable replica is an unfinished rebuild target");
+  }
+  for (std::uint32_t i = 0; i < n; ++i) {
+    if (metas[i]) members_[i]->generation = metas[i]->generation();
+    if (metas[i] && metas[i]->size_bytes() > size_bytes_) size_bytes_ = metas[i]->size_bytes();
+  }
+  Member& src = *members_[*source];
+  {
+    std::unique_lock gate(gate_);
+    generation_ = top;
+    SetStateLocked(src, v1::MEMBER_STATE_HEALTHY, "source of generation " + std::to_string(top));
+    // A new generation for this engine's run: replicas left behind by it stay distinguishable.
+    BumpGenerationLocked();
+    start_generation_ = generation_;
+  }
+  if (src.state != v1::MEMBER_STATE_HEALTHY) {
+    return Unavailable("volume " + config_.volume() + ": source replica " + src.config.name() +
+                       " failed while starting: " + src.message);
+  }
+  spdlog::info("volume {}: generation {} from replica {} on {}", config_.volume(), generation_,
+               src.config.name(), src.config.node());
+
+  // Replicas of the same generation may differ in the writes in flight when the last engine
+  // stopped (never acknowledged, but they must agree): bring them in line before serving.
+  for (std::uint32_t i = 0; i < n; ++i) {
+    if (i == *source || !metas[i] || metas[i]->rebuilding() || metas[i]->generation() != top) {
+      continue;
+    }
+    Status st = Rebuild(*members_[i], top, false);
+    if (!st.ok()) {
+      spdlog::warn("volume {}: replica {} could not be resynchronised: {}", config_.volume(),
+                   members_[i]->config.name(), st.ToString());
+    }
+  }
+  // Members of older generations and unfinished rebuild targets rejoin through the
+  // maintenance thread's rebuilds, which also reconnects the unreachable ones.
+  for (std::uint32_t i = 0; i < n; ++i) {
+    Member& m = *members_[i];
+    if (metas[i] && m.state == v1::MEMBER_STATE_OFFLINE) {
+      std::unique_lock gate(gate_);
+      SetStateLocked(m, v1::MEMBER_STATE_FAILED,
+                     metas[i]->rebuilding()
+                         ? "unfinished rebuild target"
+                         : "generation " + std::to_string(metas[i]->generation()) + " is behind " +
+                               std::to_string(top));
+    }
+  }
+  watchdog_ = std::thread([this] { WatchdogLoop(); });
+  maintenance_ = std::thread([this] { MaintenanceLoop(); });
+  return Status::OK();
+}
+
+void EngineImpl::Stop() {
+  {
+    std::lock_guard lock(stop_mu_);
+    if (stopping_) return;
+    stopping_ = true;
+  }
+  stop_cv_.notify_all();
+  if (watchdog_.joinable()) watchdog_.join();
+  if (maintenance_.joinable()) maintenance_.join();
+  for (auto& m : members_) {
+    m->links.clear();
+    std::lock_guard lock(m->control_mu);
+    m->control.reset();
+  }
+}
+
+void EngineImpl::SetStateLocked(Member& m, v1::MemberState state, std::string message) {
+  std::lock_guard lock(state_mu_);
+  m.state = state;
+  m.message = std::move(message);
+}
+
+void EngineImpl::MarkFailedLocked(Member& m, const Status& why) {
+  spdlog::warn("volume {}: replica {} on {} failed: {}", config_.volume(), m.config.name(),
+               m.config.node(), why.ToString());
+  SetStateLocked(m, v1::MEMBER_STATE_FAILED, why.message());
+  for (auto& link : m.links) link->Shutdown(Unavailable("replica " + m.config.name() + " failed"));
+}
+
+int EngineImpl::HealthyCountLocked() const {
+  int healthy = 0;
+  for (const auto& m : members_) healthy += m->state == v1::MEMBER_STATE_HEALTHY;
+  return healthy;
+}
+
+void EngineImpl::BumpGenerationLocked() {
+  for (;;) {
+    const std::uint64_t next = generation_ + 1;
+    std::vector<std::pair<Member*, Status>> failed;
+    for (auto& m : members_) {
+      if (!m->Serving()) continue;
+      v1::ControlRequest request;
+      auto* set = request.mutable_set_generation();
+      set->set_replica(m->config.name());
+      set->set_expected_generation(generation_);
+      set->set_generation(next);
+      set->set_rebuilding(m->state == v1::MEMBER_STATE_REBUILDING);
+      v1::ControlResponse response;
+      Status st = ControlCall(*m, request, &response);
+      if (st.ok()) {
+        std::lock_guard lock(state_mu_);
+        m->generation = next;
+      } else {
+        failed.emplace_back(m.get(), st);
+      }
+    }
+    {
+      std::lock_guard lock(state_mu_);
+      generation_ = next;
+    }
+    if (failed.empty()) return;
+    // A member that may or may not have persisted `next` must not tie with the survivors.
+    for (auto& [m, st] : failed) MarkFailedLocked(*m, st);
+  }
+}
+
+void EngineImpl::MaybeStartEpoch() {
+  const std::int64_t now = Clock::now().time_since_epoch().count();
+  std::int64_t began = epoch_began_ns_.load();
+  if (now - began < std::chrono::nanoseconds(epoch_).count()) return;
+  // One flusher starts the epoch; the others go on.
+  if (!epoch_began_ns_.compare_exchange_strong(began, now)) return;
+  std::unique_lock gate(gate_);
+  if (HealthyCountLocked() >= static_cast<int>(write_quorum_)) BumpGenerationLocked();
+}
+
+void EngineImpl::FailMembers(const std::vector<std::pair<Member*, Status>>& failures) {
+  std::unique_lock gate(gate_);
+  bool changed = false;
+  for (const auto& [m, st] : failures) {
+    if (!m->Serving()) continue;  // another request already failed it
+    MarkFailedLocked(*m, st);
+    changed = true;
+  }
+  if (changed) BumpGenerationLocked();
+  stop_cv_.notify_all();  // the maintenance thread retries failed members
+}
+
+void EngineImpl::LockStripes(std::uint64_t offset, std::uint64_t count,
+                             std::vector<std::size_t>* locked) {
+  const std::uint64_t first = offset / kCopyChunk;
+  const std::uint64_t last = (offset + std::max<std::uint64_t>(count, 1) - 1) / kCopyChunk;
+  for (std::uint64_t c = first; c <= last && locked->size() < kStripes; ++c) {
+    locked->push_back(c % kStripes);
+  }
+  std::sort(locked->begin(), locked->end());
+  locked->erase(std::unique(locked->begin(), locked->end()), locked->end());
+  for (std::size_t s : *locked) stripes_[s].lock();
+}
+
+void EngineImpl::UnlockStripes(const std::vector<std::size_t>& locked) {
+  for (auto it = locked.rbegin(); it != locked.rend(); ++it) stripes_[*it].unlock();
+}
+
+Status EngineImpl::Mutate(wire::MsgType type, std::uint64_t offset, std::uint64_t count,
+                          std::span<const std::uint8_t> payload, bool fua) {
+  if (type != wire::MsgType::kFlush) HCI_RETURN_NOT_OK(CheckRange(offset, count));
+  if (count > wire::kMaxPayload && type == wire::MsgType::kWrite) {
+    return InvalidArgument("length: " + std::to_string(count) + " is more than 32 MiB");
+  }
+  // Zeroing a large range goes out in frame-sized pieces.
+  if (type != wire::MsgType::kWrite && count > wire::kMaxPayload) {
+    for (std::uint64_t done = 0; done < count; done += wire::kMaxPayload) {
+      HCI_RETURN_NOT_OK(Mutate(type, offset + done,
+                               std::min<std::uint64_t>(wire::kMaxPayload, count - done), payload,
+                               fua));
+    }
+    return Status::OK();
+  }
+  std::vector<Member*> targets;
+  std::vector<Waiter> waiters;
+  Batch batch;
+  {
+    std::shared_lock gate(gate_);
+    int healthy = 0;
+    for (auto& m : members_) {
+      if (!m->Serving()) continue;
+      targets.push_back(m.get());
+      healthy += m->state == v1::MEMBER_STATE_HEALTHY;
+    }
+    if (healthy < static_cast<int>(write_quorum_)) {
+      ++failed_ops_;
+      return Unavailable("volume " + config_.volume() + ": " + std::to_string(healthy) + " of " +
+                         std::to_string(members_.size()) +
+                         " replicas healthy, below the write quorum of " +
+                         std::to_string(write_quorum_));
+    }
+    std::vector<std::size_t> stripes;
+    if (rebuilds_active_.load() > 0 && type != wire::MsgType::kFlush) {
+      LockStripes(offset, count, &stripes);
+    }
+    waiters.resize(targets.size());
+    batch.outstanding = static_cast<int>(targets.size());
+    wire::Header h;
+    h.type = type;
+    h.flags = fua ? static_cast<std::uint32_t>(wire::kFlagFua) : 0u;
+    h.offset = offset;
+    h.count = static_cast<std::uint32_t>(count);
+    h.generation = generation_;
+    for (std::size_t i = 0; i < targets.size(); ++i) {
+      waiters[i].batch = &batch;
+      targets[i]->PickLink()->Submit(h, payload, &waiters[i]);
+    }
+    batch.Wait();
+    UnlockStripes(stripes);
+  }
+  std::vector<std::pair<Member*, Status>> failures;
+  for (std::size_t i = 0; i < targets.size(); ++i) {
+    if (!waiters[i].status.ok()) failures.emplace_back(targets[i], waiters[i].status);
+  }
+  if (!failures.empty()) {
+    // The replicas that missed this request are failed and the survivors moved to a new
+    // generation before the request is acknowledged: a restart can never pick a replica
+    // without it.
+    FailMembers(failures);
+    std::shared_lock gate(gate_);
+    int have = 0;
+    for (std::size_t i = 0; i < targets.size(); ++i) {
+      have += waiters[i].status.ok() && targets[i]->state == v1::MEMBER_STATE_HEALTHY;
+    }
+    if (have < static_cast<int>(write_quorum_)) {
+      ++failed_ops_;
+      return Unavailable("volume " + config_.volume() + ": only " + std::to_string(have) +
+                         " replicas took the request, below the write quorum of " +
+                         std::to_string(write_quorum_) + " (" + failures[0].second.message() + ")");
+    }
+  }
+  if (type == wire::MsgType::kFlush) {
+    ++flush_ops_;
+    MaybeStartEpoch();
+  } else {
+    ++write_ops_;
+    write_bytes_ += count;
+  }
+  return Status::OK();
+}
+
+Status EngineImpl::Read(std::uint64_t offset, std::span<std::uint8_t> out) {
+  HCI_RETURN_NOT_OK(CheckRange(offset, out.size()));
+  if (out.size() > wire::kMaxPayload) {
+    return InvalidArgument("length: " + std::to_string(out.size()) + " is more than 32 MiB");
+  }
+  for (;;) {
+    Member* member = nullptr;
+    Waiter w;
+    Batch batch;
+    {
+      std::shared_lock gate(gate_);
+      std::vector<Member*> healthy;
+      for (auto& m : members_) {
+        if (m->state == v1::MEMBER_STATE_HEALTHY) healthy.push_back(m.get());
+      }
+      if (healthy.empty()) {
+        ++failed_ops_;
+        return Unavailable("volume " + config_.volume() + ": no healthy replica to read from");
+      }
+      member = healthy[next_read_++ % healthy.size()];
+      batch.outstanding = 1;
+      w.batch = &batch;
+      w.read_into = out;
+      wire::Header h;
+      h.type = wire::MsgType::kRead;
+      h.offset = offset;
+      h.count = static_cast<std::uint32_t>(out.size());
+      h.generation = generation_;
+      member->PickLink()->Submit(h, {}, &w);
+      batch.Wait();
+    }
+    if (w.status.ok()) {
+      ++read_ops_;
+      read_bytes_ += out.size();
+      return Status::OK();
+    }
+    FailMembers({{member, w.status}});
+  }
+}
+
+Status EngineImpl::Snapshot(const std::string& name) {
+  std::unique_lock gate(gate_);
+  for (auto& m : members_) {
+    if (m->state == v1::MEMBER_STATE_REBUILDING) {
+      return FailedPrecondition("volume " + config_.volume() + ": replica " + m->config.name() +
+                                " is rebuilding; snapshot again once it is healthy");
+    }
+  }
+  if (HealthyCountLocked() < static_cast<int>(write_quorum_)) {
+    return Unavailable("volume " + config_.volume() + ": below the write quorum");
+  }
+  // No write is in flight (the gate is held exclusively): every replica freezes the same point
+  // of the write stream.
+  std::vector<std::pair<Member*, Status>> failed;
+  for (auto& m : members_) {
+    if (m->state != v1::MEMBER_STATE_HEALTHY) continue;
+    v1::ControlRequest request;
+    request.mutable_snapshot()->set_replica(m->config.name());
+    request.mutable_snapshot()->set_snapshot(name);
+    request.mutable_snapshot()->set_created_unix_ms(NowUnixMs());
+    v1::ControlResponse response;
+    Status st = ControlCall(*m, request, &response);
+    if (!st.ok()) failed.emplace_back(m.get(), st);
+  }
+  if (!failed.empty()) {
+    for (auto& [m, st] : failed) MarkFailedLocked(*m, st);
+    BumpGenerationLocked();
+  }
+  if (HealthyCountLocked() < static_cast<int>(write_quorum_)) {
+    return Unavailable("volume " + config_.volume() + ": snapshot " + name +
+                       " reached fewer replicas than the write quorum");
+  }
+  return Status::OK();
+}
+
+Member* EngineImpl::HealthySource() {
+  Member* best = nullptr;
+  for (auto& m : members_) {
+    if (m->state == v1::MEMBER_STATE_HEALTHY &&
+        (best == nullptr || m->config.name() < best->config.name())) {
+      best = m.get();
+    }
+  }
+  return best;
+}
+
+Result<std::vector<Extent>> EngineImpl::ExtentsToCopy(Member& source, Member& target,
+                                                      std::uint64_t since, bool full) {
+  auto ask = [&](Member& m, bool whole) -> Result<std::vector<Extent>> {
+    v1::ControlRequest request;
+    if (whole) {
+      request.mutable_changed_between()->set_replica(m.config.name());
+    } else {
+      request.mutable_changed_since()->set_replica(m.config.name());
+      request.mutable_changed_since()->set_generation(since);
+    }
+    v1::ControlResponse response;
+    HCI_RETURN_NOT_OK(ControlCall(m, request, &response));
+    return ToExtents(response.extents());
+  };
+  if (!full) {
+    auto a = ask(source, false);
+    auto b = ask(target, false);
+    if (a.ok() && b.ok()) return Union(*a, *b);
+    // Every write this engine sent the target went to the healthy members too, so what the
+    // target holds beyond the source is covered by the source's history; only a target left
+    // behind by an earlier engine can hold writes (in flight when it died) that nobody else has.
+    if (a.ok() && b.status().code() == StatusCode::kFailedPrecondition &&
+        since >= start_generation_) {
+      spdlog::info("volume {}: {}; copying the source's changes alone", config_.volume(),
+                   b.status().message());
+      return *a;
+    }
+    const Status& why = a.ok() ? b.status() : a.status();
+    if (why.code() != StatusCode::kFailedPrecondition) return why;
+    spdlog::info("volume {}: full copy into {}: {}", config_.volume(), target.config.name(),
+                 why.message());
+  }
+  // Everything either side holds: what only the target holds must be zeroed.
+  HCI_ASSIGN_OR_RAISE(auto a, ask(source, true));
+  HCI_ASSIGN_OR_RAISE(auto b, ask(target, true));
+  return Union(a, b);
+}
+
+Status EngineImpl::CopyExtent(Member& target, std::uint64_t offset, std::uint64_t length) {
+  std::vector<std::uint8_t> buffer(length);
+  for (;;) {
+    Member* source = nullptr;
+    Waiter rw, ww;
+    {
+      std::shared_lock gate(gate_);
+      if (target.state != v1::MEMBER_STATE_REBUILDING) {
+        return Aborted("replica " + target.config.name() +
+                       " stopped rebuilding: " + target.message);
+      }
+      source = HealthySource();
+      if (source == nullptr) return Unavailable("no healthy replica to copy from");
+      std::vector<std::size_t> stripes;
+      LockStripes(offset, length, &stripes);
+      Batch read_batch;
+      read_batch.outstanding = 1;
+      rw.batch = &read_batch;
+      rw.read_into = buffer;
+      wire::Header h;
+      h.type = wire::MsgType::kRead;
+      h.offset = offset;
+      h.count = static_cast<std::uint32_t>(length);
+      h.generation = generation_;
+      source->PickLink()->Submit(h, {}, &rw);
+      read_batch.Wait();
+      if (rw.status.ok()) {
+        const bool zero =
+            std::all_of(buffer.begin(), buffer.end(), [](std::uint8_t b) { return b == 0; });
+        Batch write_batch;
+        write_batch.outstanding = 1;
+        ww.batch = &write_batch;
+        h.type = zero ? wire::MsgType::kTrim : wire::MsgType::kWrite;
+        target.PickLink()->Submit(h, zero ? std::span<const std::uint8_t>() : buffer, &ww);
+        write_batch.Wait();
+      }
+      UnlockStripes(stripes);
+    }
+    if (!rw.status.ok()) {
+      FailMembers({{source, rw.status}});
+      continue;
+    }
+    if (!ww.status.ok()) {
+      FailMembers({{&target, ww.status}});
+      return ww.status;
+    }
+    return Status::OK();
+  }
+}
+
+Status EngineImpl::Rebuild(Member& target, std::uint64_t since, bool full) {
+  Member* source = nullptr;
+  {
+    // Join as a write-only member at the current generation: from here on it gets every write.
+    std::unique_lock gate(gate_);
+    source = HealthySource();
+    if (source == nullptr) return Unavailable("no healthy replica to rebuild from");
+    v1::ControlRequest request;
+    auto* set = request.mutable_set_generation();
+    set->set_replica(target.config.name());
+    set->set_expected_generation(target.generation);
+    set->set_generation(generation_);
+    set->set_rebuilding(true);
+    v1::ControlResponse response;
+    Status st = ControlCall(target, request, &response);
+    if (!st.ok()) {
+      MarkFailedLocked(target, st);
+      return st;
+    }
+    {
+      std::lock_guard lock(state_mu_);
+      target.generation = generation_;
+    }
+    SetStateLocked(
+        target, v1::MEMBER_STATE_REBUILDING,
+        "rebuilding from " + source->config.name() + " since generation " + std::to_string(since));
+    ++rebuilds_active_;
+  }
+  spdlog::info("volume {}: rebuilding replica {} on {} from {} (since generation {}{})",
+               config_.volume(), target.config.name(), target.config.node(), source->config.name(),
+               since, full ? ", full copy" : "");
+  struct ActiveGuard {
+    std::atomic<int>& n;
+    ~ActiveGuard() { --n; }
+  } guard{rebuilds_active_};
+
+  auto extents = ExtentsToCopy(*source, target, since, full);
+  if (!extents.ok()) {
+    FailMembers({{&target, extents.status()}});
+    return extents.status();
+  }
+  std::uint64_t total = 0;
+  for (const Extent& e : *extents) total += e.length;
+  target.rebuild_total = total;
+  target.rebuild_done = 0;
+  const auto began = Clock::now();
+  const std::uint64_t rate = config_.rebuild_bytes_per_second();
+  for (const Extent& e : *extents) {
+    for (std::uint64_t off = e.offset; off < e.offset + e.length; off += kCopyChunk) {
+      {
+        std::lock_guard lock(stop_mu_);
+        if (stopping_) return Cancelled("engine stopping");
+      }
+      const std::uint64_t end = std::min(e.offset + e.length, size_bytes_.load());
+      if (off >= end) break;
+      const std::uint64_t len = std::min(kCopyChunk, end - off);
+      HCI_RETURN_NOT_OK(CopyExtent(target, off, len));
+      target.rebuild_done += len;
+      if (rate > 0) {
+        const auto due = began + std::chrono::microseconds(target.rebuild_done * 1000000 / rate);
+        std::unique_lock lock(stop_mu_);
+        stop_cv_.wait_until(lock, due, [&] { return stopping_; });
+      }
+    }
+  }
+  // Durable on the target before it counts as a copy.
+  {
+    Waiter w;
+    Batch batch;
+    std::shared_lock gate(gate_);
+    if (target.state != v1::MEMBER_STATE_REBUILDING) return Aborted("rebuild interrupted");
+    batch.outstanding = 1;
+    w.batch = &batch;
+    wire::Header h;
+    h.type = wire::MsgType::kFlush;
+    h.generation = generation_;
+    target.PickLink()->Submit(h, {}, &w);
+    batch.Wait();
+    if (!w.status.ok()) {
+      gate.unlock();
+      FailMembers({{&target, w.status}});
+      return w.status;
+    }
+  }
+  std::unique_lock gate(gate_);
+  if (target.state != v1::MEMBER_STATE_REBUILDING) return Aborted("rebuild interrupted");
+  v1::ControlRequest request;
+  auto* set = request.mutable_set_generation();
+  set->set_replica(target.config.name());
+  set->set_expected_generation(generation_);
+  set->set_generation(generation_);
+  set->set_rebuilding(false);
+  v1::ControlResponse response;
+  Status st = ControlCall(target, request, &response);
+  if (!st.ok()) {
+    MarkFailedLocked(target, st);
+    BumpGenerationLocked();
+    return st;
+  }
+  SetStateLocked(
+      target, v1::MEMBER_STATE_HEALTHY,
+      "rebuilt " + std::to_string(total) + " bytes in " +
+          std::to_string(
+              std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - began).count()) +
+          " ms");
+  spdlog::info("volume {}: replica {} is healthy again ({} bytes copied)", config_.volume(),
+               target.config.name(), total);
+  return Status::OK();
+}
+
+void EngineImpl::WatchdogLoop() {
+  std::unique_lock lock(stop_mu_);
+  while (!stopping_) {
+    stop_cv_.wait_for(lock, std::chrono::milliseconds(100));
+    if (stopping_) break;
+    lock.unlock();
+    const auto now = Clock::now();
+    for (auto& m : members_) {
+      // Links are replaced only while a member is not serving, by the maintenance thread;
+      // the shared gate keeps them in place while we look.
+      std::shared_lock gate(gate_, std::try_to_lock);
+      if (!gate.owns_lock()) break;
+      if (!m->Serving()) continue;
+      for (auto& link : m->links) {
+        auto oldest = link->OldestPending();
+        if (oldest && now - *oldest > io_timeout_) {
+          const auto why = Unavailable("replica " + m->config.name() + " did not answer within " +
+                                       std::to_string(io_timeout_.count()) + " ms");
+          for (auto& l : m->links) l->Shutdown(why);
+          break;
+        }
+      }
+    }
+    lock.lock();
+  }
+}
+
+void EngineImpl::MaintenanceLoop() {
+  std::unique_lock lock(stop_mu_);
+  while (!stopping_) {
+    stop_cv_.wait_for(lock, std::chrono::seconds(1));
+    if (stopping_) break;
+    lock.unlock();
+    for (auto& mp : members_) {
+      Member& m = *mp;
+      {
+        std::shared_lock gate(gate_);
+        if (m.Serving()) continue;
+      }
+      // Not serving: nothing else touches its connections.
+      auto meta = Connect(m);
+      if (!meta.ok()) {
+        std::unique_lock gate(gate_);
+        if (!m.Serving()) {
+          std::lock_guard state(state_mu_);
+          if (m.state == v1::MEMBER_STATE_FAILED) {
+            m.message = "unreachable: " + meta.status().message();
+          } else {
+            m.message = meta.status().message();
+          }
+        }
+        continue;
+      }
+      {
+        std::lock_guard state(state_mu_);
+        m.generation = meta->generation();
+      }
+      const bool full = meta->rebuilding();
+      Status st = Rebuild(m, meta->generation(), full);
+      if (!st.ok()) {
+        spdlog::warn("volume {}: rebuild of replica {} failed: {}", config_.volume(),
+                     m.config.name(), st.ToString());
+      }
+      {
+        std::lock_guard stop(stop_mu_);
+        if (stopping_) return;
+      }
+    }
+    lock.lock();
+  }
+}
+
+v1::EngineStatus EngineImpl::GetStatus() const {
+  v1::EngineStatus s;
+  s.set_volume(config_.volume());
+  s.set_size_bytes(size_bytes_.load());
+  s.set_write_quorum(write_quorum_);
+  s.set_started_unix_ms(started_unix_ms_);
+  s.set_read_ops(read_ops_);
+  s.set_write_ops(write_ops_);
+  s.set_read_bytes(read_bytes_);
+  s.set_write_bytes(write_bytes_);
+  s.set_flush_ops(flush_ops_);
+  s.set_failed_ops(failed_ops_);
+  std::lock_guard lock(state_mu_);
+  s.set_generation(generation_);
+  int healthy = 0;
+  for (const auto& m : members_) {
+    auto* ms = s.add_members();
+    ms->set_name(m->config.name());
+    ms->set_node(m->config.node());
+    ms->set_address(m->config.address());
+    ms->set_state(m->state);
+    ms->set_generation(m->generation);
+    ms->set_message(m->message);
+    if (m->state == v1::MEMBER_STATE_REBUILDING) {
+      ms->set_rebuild_done_bytes(m->rebuild_done);
+      ms->set_rebuild_total_bytes(m->rebuild_total);
+    }
+    healthy += m->state == v1::MEMBER_STATE_HEALTHY;
+  }
+  s.set_writable(healthy >= static_cast<int>(write_quorum_));
+  return s;
+}
+
+// ---- Engine ----
+
+Result<std::unique_ptr<Engine>> Engine::Start(const v1::EngineConfig& config, std::string secret) {
+  auto impl = std::make_unique<EngineImpl>(config, std::move(secret));
+  HCI_RETURN_NOT_OK(impl->Init());
+  return std::unique_ptr<Engine>(new Engine(std::move(impl)));
+}
+
+Engine::Engine(std::unique_ptr<EngineImpl> impl) : impl_(std::move(impl)) {}
+Engine::~Engine() = default;
+
+std::uint64_t Engine::size_bytes() const { return impl_->size_bytes(); }
+
+Status Engine::Read(std::uint64_t offset, std::span<std::uint8_t> out) {
+  return impl_->Read(offset, out);
+}
+
+Status Engine::Write(std::uint64_t offset, std::span<const std::uint8_t> data, bool fua) {
+  return impl_->Mutate(wire::MsgType::kWrite, offset, data.size(), data, fua);
+}
+
+Status Engine::WriteZeroes(std::uint64_t offset, std::uint64_t length, bool punch, bool fua) {
+  return impl_->Mutate(punch ? wire::MsgType::kTrim : wire::MsgType::kWriteZeroes, offset, length,
+                       {}, fua);
+}
+
+Status Engine::Flush() { return impl_->Mutate(wire::MsgType::kFlush, 0, 0, {}, false); }
+
+v1::EngineStatus Engine::GetStatus() const { return impl_->GetStatus(); }
+
+Status Engine::Snapshot(const std::string& name) { return impl_->Snapshot(name); }
+
+}  // namespace hci::replicated
