@@ -14,6 +14,7 @@
 #include <string>
 
 #include "engine/engine.h"
+#include "wire/replica_wire.h"
 
 namespace {
 
@@ -60,10 +61,12 @@ int ConfigComplete() {
     nbdkit_error("config: %s cannot be read as an EngineConfig", g_config_path.c_str());
     return -1;
   }
-  if (!ReadFile(g_config.secret_file(), &g_secret) || g_secret.empty()) {
-    nbdkit_error("secret_file: %s cannot be read or is empty", g_config.secret_file().c_str());
+  auto secret = hci::replicated::wire::ReadSecretFile("secret_file", g_config.secret_file());
+  if (!secret.ok()) {
+    nbdkit_error("%s", secret.status().ToString().c_str());
     return -1;
   }
+  g_secret = *secret;
   return 0;
 }
 

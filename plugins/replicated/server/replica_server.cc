@@ -158,48 +158,6 @@ std::span<const std::uint8_t> Bytes(const std::string& s) {
 
 }  // namespace
 
-Result<std::string> ReadSecretFile(std::string_view field, const std::string& path) {
-  const std::string what = std::string(field) + ": " + Quoted(path);
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return ErrnoStatus(errno, what);
-  struct stat st {};
-  if (::fstat(fd, &st) != 0) {
-    const int err = errno;
-    ::close(fd);
-    return ErrnoStatus(err, what);
-  }
-  auto fail = [fd](Status s) {
-    ::close(fd);
-    return s;
-  };
-  if (!S_ISREG(st.st_mode)) return fail(InvalidArgument(what + " is not a regular file"));
-  if ((st.st_mode & 077) != 0) {
-    char mode[8];
-    std::snprintf(mode, sizeof(mode), "%04o", static_cast<unsigned>(st.st_mode & 07777));
-    return fail(PermissionDenied(what + " is accessible by group or others (mode " + mode +
-                                 "): the shared secret must be readable by its owner only "
-                                 "(chmod 600)"));
-  }
-  if (st.st_size == 0) return fail(InvalidArgument(what + " is empty"));
-  if (static_cast<std::uint64_t>(st.st_size) > kMaxSecretBytes) {
-    return fail(
-        InvalidArgument(what + " is larger than " + std::to_string(kMaxSecretBytes) + " bytes"));
-  }
-  std::string secret(static_cast<std::size_t>(st.st_size), '\0');
-  std::size_t got = 0;
-  while (got < secret.size()) {
-    const ssize_t n = ::read(fd, secret.data() + got, secret.size() - got);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return fail(ErrnoStatus(errno, what));
-    if (n == 0) break;
-    got += static_cast<std::size_t>(n);
-  }
-  ::close(fd);
-  secret.resize(got);
-  if (secret.empty()) return InvalidArgument(what + " is empty");
-  return secret;
-}
-
 struct ReplicaServer::Session {
   std::unique_ptr<wire::Connection> conn;
   std::thread thread;

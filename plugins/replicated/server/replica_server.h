@@ -16,6 +16,7 @@
 #include "hci/result.h"
 #include "hci/status.h"
 #include "store/replica_store.h"
+#include "wire/replica_wire.h"
 
 namespace spdlog {
 class logger;
@@ -23,16 +24,9 @@ class logger;
 
 namespace hci::replicated {
 
-/// Largest secret file accepted, in bytes.
-inline constexpr std::size_t kMaxSecretBytes = 64 * 1024;
-
-/// Reads the shared secret: the file's bytes, verbatim (a trailing newline is part of the
-/// secret, so every side that reads the same file agrees). Refuses a file that group or others
-/// may access at all, as ssh does for private keys. Errors name `field` (the option that named
-/// the file, e.g. "--secret-file"): the errno status of open/read (NotFound for a missing file),
-/// PermissionDenied for a file accessible by group or others, InvalidArgument for an empty file,
-/// one that is not a regular file or one larger than kMaxSecretBytes.
-Result<std::string> ReadSecretFile(std::string_view field, const std::string& path);
+// The shared secret is read the same way by every side (wire/replica_wire.h).
+using wire::kMaxSecretBytes;
+using wire::ReadSecretFile;
 
 /// What a ReplicaServer serves and how.
 struct ReplicaServerOptions {

@@ -10,6 +10,7 @@
 #include <openssl/rand.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/uio.h>
 #include <sys/un.h>
@@ -19,6 +20,7 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -743,6 +745,83 @@ Status Call(Connection& conn, const v1::ControlRequest& request, v1::ControlResp
               std::string(StatusCodeName(status_code)) + " without a message";
   }
   return Status(status_code, std::move(message));
+}
+
+Result<std::string> ReadSecretFile(std::string_view field, const std::string& path) {
+  const std::string what = std::string(field) + ": " + "\"" + path + "\"";
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return ErrnoStatus(errno, what);
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    const int err = errno;
+    ::close(fd);
+    return ErrnoStatus(err, what);
+  }
+  auto fail = [fd](Status s) {
+    ::close(fd);
+    return s;
+  };
+  if (!S_ISREG(st.st_mode)) return fail(InvalidArgument(what + " is not a regular file"));
+  if ((st.st_mode & 077) != 0) {
+    char mode[8];
+    std::snprintf(mode, sizeof(mode), "%04o", static_cast<unsigned>(st.st_mode & 07777));
+    return fail(PermissionDenied(what + " is accessible by group or others (mode " + mode +
+                                 "): the shared secret must be readable by its owner only "
+                                 "(chmod 600)"));
+  }
+  if (st.st_size == 0) return fail(InvalidArgument(what + " is empty"));
+  if (static_cast<std::uint64_t>(st.st_size) > kMaxSecretBytes) {
+    return fail(
+        InvalidArgument(what + " is larger than " + std::to_string(kMaxSecretBytes) + " bytes"));
+  }
+  std::string secret(static_cast<std::size_t>(st.st_size), '\0');
+  std::size_t got = 0;
+  while (got < secret.size()) {
+    const ssize_t n = ::read(fd, secret.data() + got, secret.size() - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return fail(ErrnoStatus(errno, what));
+    if (n == 0) break;
+    got += static_cast<std::size_t>(n);
+  }
+  ::close(fd);
+  secret.resize(got);
+  if (secret.empty()) return InvalidArgument(what + " is empty");
+  return secret;
+}
+
+Result<v1::EngineResponse> CallEngine(const std::string& path, const v1::EngineRequest& request,
+                                      int timeout_ms) {
+  sockaddr_un addr{};
+  if (path.empty() || path.size() >= sizeof(addr.sun_path)) {
+    return InvalidArgument("control socket: \"" + path + "\" must be 1-107 bytes");
+  }
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return ErrnoStatus(errno, "control socket");
+  timeval tv{};
+  tv.tv_sec = timeout_ms / 1000;
+  tv.tv_usec = (timeout_ms % 1000) * 1000;
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path, path.c_str(), path.size());
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    const int err = errno;
+    ::close(fd);
+    return Unavailable("engine control socket " + path + ": " + std::strerror(err));
+  }
+  Connection conn(fd, "engine " + path);
+  const std::string out = request.SerializeAsString();
+  Header h;
+  h.type = MsgType::kControl;
+  h.handle = 1;
+  HCI_RETURN_NOT_OK(conn.Send(h, {reinterpret_cast<const std::uint8_t*>(out.data()), out.size()}));
+  std::string payload;
+  HCI_RETURN_NOT_OK(conn.Receive(&h, &payload));
+  v1::EngineResponse response;
+  if (!response.ParseFromString(payload)) {
+    return Unavailable("engine control socket " + path + ": the answer is not an EngineResponse");
+  }
+  return response;
 }
 
 }  // namespace hci::replicated::wire

@@ -161,4 +161,22 @@ Status ServerHandshake(Connection& conn, std::string_view secret, std::string_vi
 /// request with nothing set. Not for a connection whose data requests are in flight.
 Status Call(Connection& conn, const v1::ControlRequest& request, v1::ControlResponse* response);
 
+/// Largest secret file accepted, in bytes.
+inline constexpr std::size_t kMaxSecretBytes = 64 * 1024;
+
+/// Reads the shared secret: the file's bytes, verbatim (a trailing newline is part of the
+/// secret, so every side that reads the same file agrees). Refuses a file that group or others
+/// may access at all, as ssh does for private keys. Errors name `field` (the option that named
+/// the file, e.g. "--secret-file"): the errno status of open/read (NotFound for a missing file),
+/// PermissionDenied for a file accessible by group or others, InvalidArgument for an empty file,
+/// one that is not a regular file or one larger than kMaxSecretBytes.
+Result<std::string> ReadSecretFile(std::string_view field, const std::string& path);
+
+/// Sends `request` to an engine's control socket (a unix socket at `path`; no handshake: the
+/// socket is mode 0600) and returns the engine's answer; Unavailable when the engine cannot be
+/// reached or does not answer within `timeout_ms`. The response's own code is not turned into a
+/// Status: callers read response.code().
+Result<v1::EngineResponse> CallEngine(const std::string& path, const v1::EngineRequest& request,
+                                      int timeout_ms);
+
 }  // namespace hci::replicated::wire

@@ -292,26 +292,9 @@ Status EngineProcess::Restart() {
 }
 
 Result<v1::EngineStatus> EngineProcess::GetStatus() {
-  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::strncpy(addr.sun_path, config_.control_socket().c_str(), sizeof(addr.sun_path) - 1);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    close(fd);
-    return Unavailable("engine control socket: " + std::string(strerror(errno)));
-  }
-  wire::Connection conn(fd, "engine");
   v1::EngineRequest request;
   request.set_status(true);
-  const std::string out = request.SerializeAsString();
-  wire::Header h;
-  h.type = wire::MsgType::kControl;
-  h.handle = 1;
-  HCI_RETURN_NOT_OK(conn.Send(h, {reinterpret_cast<const std::uint8_t*>(out.data()), out.size()}));
-  std::string payload;
-  HCI_RETURN_NOT_OK(conn.Receive(&h, &payload));
-  v1::EngineResponse response;
-  if (!response.ParseFromString(payload)) return Internal("engine: bad EngineResponse");
+  HCI_ASSIGN_OR_RAISE(auto response, wire::CallEngine(config_.control_socket(), request, 5000));
   return response.status();
 }
 
