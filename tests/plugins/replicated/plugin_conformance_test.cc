@@ -1,0 +1,59 @@
+// The conformance kit (sdk/conformance, docs/conformance.md) in-process against the replicated
+// plugin, with three storage nodes (hci-replica-server processes on 127.0.0.1) this binary starts
+// and stops itself. One ctest (replicated_conformance): the kit registers its checks at run time,
+// from the capabilities the plugin claims.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <iostream>
+
+#include "hci/conformance/conformance.h"
+#include "plugin_test_nodes.h"
+
+#ifdef HCI_SANITIZER_PRELOAD
+// The plugin starts its engines in nbdkit, which is not instrumented: they inherit this process's
+// environment, so the sanitizer runtimes go into LD_PRELOAD there (this process parsed its own
+// ASAN_OPTIONS at start-up and keeps its leak checking).
+const bool kSanitizerPreload = [] {
+  setenv("LD_PRELOAD", HCI_SANITIZER_PRELOAD, 1);
+  setenv("ASAN_OPTIONS", "detect_leaks=0", 1);
+  return true;
+}();
+#endif
+
+int main(int argc, char** argv) {
+  testing::InitGoogleTest(&argc, argv);
+  using hci::replicated::plugin_testing::TestNodes;
+  auto nodes = TestNodes::Start(3);
+  if (nodes == nullptr) return 2;
+  const std::string config = nodes->dir() + "/conformance.yaml";
+  {
+    std::ofstream out(config);
+    out << "host:\n"
+        << "  backends:\n"
+        << "    storage:\n"
+        << "      plugin: replicated\n"
+        << "      options:\n"
+        << "        secret_file: \"" << nodes->secret_file() << "\"\n"
+        << "        io_timeout_ms: 2000\n"
+        << "        nodes:\n";
+    for (int i = 0; i < nodes->size(); ++i) {
+      out << "          - {name: " << nodes->node(i).name << ", address: \""
+          << nodes->node(i).address << "\"}\n";
+    }
+  }
+  hci::conformance::Options options;
+  options.plugin_path = HCI_REPLICATED_PLUGIN;
+  options.config_path = config;
+  auto suite = hci::conformance::Suite::Create(options);
+  if (!suite.ok()) {
+    std::cerr << "replicated conformance: " << suite.status() << "\n";
+    return 2;
+  }
+  (*suite)->RegisterTests();
+  const int rc = RUN_ALL_TESTS();
+  // The kit's Host (and the engines it attached) go before the nodes.
+  suite->reset();
+  return rc;
+}
