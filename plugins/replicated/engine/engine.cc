@@ -261,6 +261,8 @@ class EngineImpl {
   void UnlockStripes(const std::vector<std::size_t>& locked);
   void WatchdogLoop();
   void MaintenanceLoop();
+  // With no healthy member left: chooses one again among the reachable members, as start-up does.
+  Status Reelect();
   int HealthyCountLocked() const;
   // After a flush, at most every epoch_: a new generation, so that a replica failing later needs
   // only the chunks written since this point (its generation's history), not everything since
@@ -953,30 +955,114 @@ Status EngineImpl::Rebuild(Member& target, std::uint64_t since, bool full) {
 }
 
 void EngineImpl::WatchdogLoop() {
+  // A replica that stops answering is failed after io_timeout_, but only while enough others
+  // (the write quorum) still answer in time: when every replica is slow at once (a busy disk
+  // behind a long fsync), ejecting them would turn slowness into an outage. Past four times the
+  // timeout a replica is failed regardless, so that writes below quorum end in EIO, not a hang.
+  const auto hard_timeout = io_timeout_ * 4;
   std::unique_lock lock(stop_mu_);
   while (!stopping_) {
     stop_cv_.wait_for(lock, std::chrono::milliseconds(100));
     if (stopping_) break;
     lock.unlock();
-    const auto now = Clock::now();
-    for (auto& m : members_) {
-      // Links are replaced only while a member is not serving, by the maintenance thread;
-      // the shared gate keeps them in place while we look.
+    {
+      // Links are replaced only while a member is not serving (by the maintenance thread); the
+      // shared gate keeps them in place while we look.
       std::shared_lock gate(gate_, std::try_to_lock);
-      if (!gate.owns_lock()) break;
-      if (!m->Serving()) continue;
-      for (auto& link : m->links) {
-        auto oldest = link->OldestPending();
-        if (oldest && now - *oldest > io_timeout_) {
-          const auto why = Unavailable("replica " + m->config.name() + " did not answer within " +
-                                       std::to_string(io_timeout_.count()) + " ms");
-          for (auto& l : m->links) l->Shutdown(why);
-          break;
+      if (gate.owns_lock()) {
+        const auto now = Clock::now();
+        std::vector<Clock::duration> late(members_.size(), Clock::duration::zero());
+        int healthy_on_time = 0;
+        for (std::size_t i = 0; i < members_.size(); ++i) {
+          Member& m = *members_[i];
+          if (!m.Serving()) continue;
+          for (auto& link : m.links) {
+            if (auto oldest = link->OldestPending(); oldest)
+              late[i] = std::max(late[i], now - *oldest);
+          }
+          healthy_on_time += m.state == v1::MEMBER_STATE_HEALTHY && late[i] <= io_timeout_;
+        }
+        for (std::size_t i = 0; i < members_.size(); ++i) {
+          Member& m = *members_[i];
+          if (!m.Serving() || late[i] <= io_timeout_) continue;
+          const bool others_answer = m.state == v1::MEMBER_STATE_REBUILDING ||
+                                     healthy_on_time >= static_cast<int>(write_quorum_);
+          if (!others_answer && late[i] <= hard_timeout) continue;
+          const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(late[i]).count();
+          const auto why = Unavailable("replica " + m.config.name() + " did not answer within " +
+                                       std::to_string(ms) + " ms");
+          for (auto& l : m.links) l->Shutdown(why);
         }
       }
     }
     lock.lock();
   }
+}
+
+Status EngineImpl::Reelect() {
+  // Every member is failed or unreachable: no write has been acknowledged since the last one
+  // failed, so the members of the highest persisted generation hold every acknowledged write.
+  // Pick one as start-up does; the others rejoin through rebuilds.
+  std::vector<std::optional<v1::ReplicaMeta>> metas(members_.size());
+  std::uint32_t reachable = 0;
+  for (std::size_t i = 0; i < members_.size(); ++i) {
+    {
+      std::shared_lock gate(gate_);
+      if (members_[i]->Serving()) return Status::OK();  // someone else brought one back
+    }
+    auto meta = Connect(*members_[i]);
+    if (meta.ok()) {
+      metas[i] = *meta;
+      ++reachable;
+    }
+  }
+  if (reachable < read_quorum_) {
+    return Unavailable("no healthy replica, and only " + std::to_string(reachable) + " of " +
+                       std::to_string(members_.size()) + " answer (" +
+                       std::to_string(read_quorum_) + " are needed to choose one)");
+  }
+  std::optional<std::size_t> source;
+  for (std::size_t i = 0; i < members_.size(); ++i) {
+    if (!metas[i] || metas[i]->rebuilding()) continue;
+    if (!source || metas[i]->generation() > metas[*source]->generation() ||
+        (metas[i]->generation() == metas[*source]->generation() &&
+         members_[i]->config.name() < members_[*source]->config.name())) {
+      source = i;
+    }
+  }
+  if (!source) return DataLoss("every reachable replica is an unfinished rebuild target");
+  std::unique_lock gate(gate_);
+  for (std::size_t i = 0; i < members_.size(); ++i) {
+    if (metas[i]) {
+      std::lock_guard state(state_mu_);
+      members_[i]->generation = metas[i]->generation();
+    }
+  }
+  Member& src = *members_[*source];
+  const std::uint64_t next = std::max(generation_, src.generation) + 1;
+  v1::ControlRequest request;
+  auto* set = request.mutable_set_generation();
+  set->set_replica(src.config.name());
+  set->set_expected_generation(src.generation);
+  set->set_generation(next);
+  set->set_rebuilding(false);
+  v1::ControlResponse response;
+  HCI_RETURN_NOT_OK(ControlCall(src, request, &response));
+  {
+    std::lock_guard state(state_mu_);
+    generation_ = next;
+    src.generation = next;
+  }
+  // Like a new engine run: members of the old generation may hold writes in flight when they
+  // failed, so their rebuilds need both sides' histories.
+  start_generation_ = next;
+  SetStateLocked(
+      src, v1::MEMBER_STATE_HEALTHY,
+      "chosen again after every replica had failed (generation " + std::to_string(next) + ")");
+  spdlog::warn(
+      "volume {}: every replica had failed; replica {} on {} serves again at generation {}",
+      config_.volume(), src.config.name(), src.config.node(), next);
+  return Status::OK();
 }
 
 void EngineImpl::MaintenanceLoop() {
@@ -985,6 +1071,18 @@ void EngineImpl::MaintenanceLoop() {
     stop_cv_.wait_for(lock, std::chrono::seconds(1));
     if (stopping_) break;
     lock.unlock();
+    bool any_healthy = false;
+    {
+      std::shared_lock gate(gate_);
+      any_healthy = HealthyCountLocked() > 0;
+    }
+    if (!any_healthy) {
+      if (Status st = Reelect(); !st.ok()) {
+        spdlog::warn("volume {}: {}", config_.volume(), st.ToString());
+        lock.lock();
+        continue;
+      }
+    }
     for (auto& mp : members_) {
       Member& m = *mp;
       {

@@ -5,6 +5,8 @@
 // where FILE holds a binary EngineConfig (proto/replica.proto).
 #define NBDKIT_API_VERSION 2
 #include <nbdkit-plugin.h>
+#include <spdlog/sinks/stdout_sinks.h>
+#include <spdlog/spdlog.h>
 
 #include <cerrno>
 #include <cstdint>
@@ -72,6 +74,9 @@ int ConfigComplete() {
 
 // Threads start after nbdkit forked into the background (if it does).
 int AfterFork() {
+  // nbdkit's stdout is not the log: the engine logs to stderr, which the plugin sends to the
+  // engine's log file.
+  spdlog::set_default_logger(spdlog::stderr_logger_mt("engine"));
   auto engine = Engine::Start(g_config, g_secret);
   if (!engine.ok()) return Fail(engine.status());
   g_engine = std::move(engine).MoveValueUnsafe();

@@ -377,6 +377,33 @@ TEST_F(EngineTest, BelowWriteQuorumNothingIsAcknowledged) {
   ExpectReplicasIdentical();
 }
 
+// Every node down at once (all members failed): nothing is acknowledged meanwhile, and once the
+// nodes are back the engine chooses a replica of the highest generation again and rebuilds the
+// others.
+TEST_F(EngineTest, EveryReplicaLostThenBackLosesNothing) {
+  StartEngine(16 << 20);
+  auto c = NbdClient::Connect(engine_->socket(), 5000);
+  ASSERT_TRUE(c.ok());
+  Ledger ledger;
+  std::vector<std::uint8_t> buf(kBlock);
+  for (std::uint64_t b = 0; b < 32; ++b) {
+    Stamp(buf.data(), 300 + b, b);
+    ASSERT_EQ(nbd_pwrite((*c)->get(), buf.data(), kBlock, b * kBlock, 0), 0);
+    ledger.Acked(b, 300 + b);
+  }
+  for (int i = 0; i < 3; ++i) cluster_->Kill(i);
+  for (std::uint64_t b = 0; b < 8; ++b) {
+    Stamp(buf.data(), 400 + b, b);
+    EXPECT_NE(nbd_pwrite((*c)->get(), buf.data(), kBlock, b * kBlock, 0), 0);
+    ledger.Failed(b, 400 + b);
+  }
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(cluster_->StartServer(i).ok());
+  ASSERT_TRUE(engine_->WaitHealthy(60000).ok());
+  EXPECT_EQ(ledger.Check((*c)->get(), 64), "");
+  FlushAll();
+  ExpectReplicasIdentical();
+}
+
 TEST(EngineStartTest, WrongSecretIsRefused) {
   auto cluster = Cluster::Create(1);
   ASSERT_NE(cluster, nullptr);
