@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <iterator>
 #include <sstream>
 #include <thread>
 
@@ -63,6 +64,16 @@ std::string ConfigArg(const EnginePaths& paths) { return "config=" + paths.confi
 
 bool Alive(pid_t pid, const EnginePaths& paths) {
   return process::ProcessAlive(pid, ConfigArg(paths));
+}
+
+// True once `pid` no longer runs (no such process, or a zombie). Unlike Alive() it does not look
+// at the command line, which a process finishing its exec does not show yet.
+bool Gone(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const auto close = stat.rfind(')');
+  return close == std::string::npos || close + 2 >= stat.size() || stat[close + 2] == 'Z' ||
+         stat[close + 2] == 'X';
 }
 
 bool WaitGone(pid_t pid, const EnginePaths& paths, milliseconds timeout) {
@@ -141,7 +152,7 @@ Result<pid_t> StartEngine(const Options& options, const EnginePaths& paths,
   const auto deadline = Clock::now() + timeout;
   std::string last;
   while (Clock::now() < deadline) {
-    if (!Alive(pid, paths)) {
+    if (Gone(pid)) {
       last = "the engine exited";
       break;
     }

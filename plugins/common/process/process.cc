@@ -17,6 +17,7 @@
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
+#include <thread>
 
 extern char** environ;
 
@@ -624,16 +625,25 @@ bool ProcessAlive(pid_t pid, std::string_view expected_cmdline_substring) {
     }
   };
   std::string base = "/proc/" + std::to_string(pid);
-  std::string stat;
-  if (!read_file(base + "/stat", stat)) return false;
-  // "pid (comm) S ...": comm may itself contain ')' and spaces, so find the last ')'.
-  auto close = stat.rfind(')');
-  if (close == std::string::npos || close + 2 >= stat.size()) return false;
-  char state = stat[close + 2];
-  if (state == 'Z' || state == 'X' || state == 'x') return false;
   std::string cmdline;
-  if (!read_file(base + "/cmdline", cmdline)) return false;
-  if (cmdline.empty()) return false;  // a kernel thread or a process on its way out
+  // A process in the middle of execve has installed its new memory but not yet its arguments, and
+  // one on its way out has dropped its memory: both show an empty cmdline for a moment. The first
+  // soon has its arguments, the second soon is a zombie; look again for up to 200 ms rather than
+  // call a starting daemon dead (SpawnDaemon returns while the exec may still be finishing).
+  for (int attempt = 0;; ++attempt) {
+    std::string stat;
+    if (!read_file(base + "/stat", stat)) return false;
+    // "pid (comm) S ...": comm may itself contain ')' and spaces, so find the last ')'.
+    auto close = stat.rfind(')');
+    if (close == std::string::npos || close + 2 >= stat.size()) return false;
+    char state = stat[close + 2];
+    if (state == 'Z' || state == 'X' || state == 'x') return false;
+    cmdline.clear();
+    if (!read_file(base + "/cmdline", cmdline)) return false;
+    if (!cmdline.empty()) break;
+    if (attempt == 200) return false;  // a kernel thread
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
   std::replace(cmdline.begin(), cmdline.end(), '\0', ' ');
   while (!cmdline.empty() && cmdline.back() == ' ') cmdline.pop_back();
   return cmdline.find(expected_cmdline_substring) != std::string::npos;

@@ -1,6 +1,8 @@
 #include "cluster.h"
 
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -67,8 +69,19 @@ std::unique_ptr<Cluster> Cluster::Create(int nodes) {
     out << c->secret_;
   }
   chmod(c->secret_file_.c_str(), 0600);
-  // A subnet per test process: ctest runs several at once.
-  c->subnet_ = 64 + getpid() % 128;
+  // A subnet of its own (ctest runs several clusters at once): 10.<subnet>.0.0/16 is held by an
+  // flock on a file named after it, released when this process ends, however it ends.
+  for (int subnet = 64; subnet < 192 && c->subnet_ == 0; ++subnet) {
+    const std::string lock = "/tmp/hci-replicated-subnet-" + std::to_string(subnet) + ".lock";
+    const int fd = ::open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) continue;
+    if (::flock(fd, LOCK_EX | LOCK_NB) == 0) {
+      c->subnet_ = subnet;
+      c->subnet_lock_fd_ = fd;
+    } else {
+      ::close(fd);
+    }
+  }
   const std::string tag = std::to_string(getpid() % 100000);
   c->partitions_ = geteuid() == 0 && Ip({"netns", "add", "hci-probe-" + tag});
   if (c->partitions_) {
@@ -123,6 +136,7 @@ Cluster::~Cluster() {
     if (!n.host_if.empty()) Ip({"link", "del", n.host_if});
     if (!n.netns.empty()) Ip({"netns", "del", n.netns});
   }
+  if (subnet_lock_fd_ >= 0) ::close(subnet_lock_fd_);
   if (getenv("HCI_KEEP_TEST_DIR") == nullptr) {
     std::error_code ec;
     fs::remove_all(dir_, ec);

@@ -68,6 +68,7 @@ class Cluster {
   bool partitions_ = false;
   std::string note_;
   int subnet_ = 0;
+  int subnet_lock_fd_ = -1;
 };
 
 /// A running engine: an nbdkit process serving `config` on a unix socket.

@@ -165,7 +165,8 @@ class EngineTest : public ::testing::Test {
   void StartEngine(std::uint64_t size, std::uint64_t rebuild_rate = 0) {
     config_ = cluster_->EngineConfigFor("vol1", size);
     config_.set_rebuild_bytes_per_second(rebuild_rate);
-    ASSERT_TRUE(cluster_->CreateReplicas(config_).ok());
+    const Status created = cluster_->CreateReplicas(config_);
+    ASSERT_TRUE(created.ok()) << created;
     auto engine = EngineProcess::Start(*cluster_, config_);
     ASSERT_TRUE(engine.ok()) << engine.status();
     engine_ = std::move(engine).MoveValueUnsafe();
@@ -202,7 +203,7 @@ class EngineTest : public ::testing::Test {
 };
 
 TEST_F(EngineTest, WritesReachEveryReplicaAndReadBack) {
-  StartEngine(16 << 20);
+  ASSERT_NO_FATAL_FAILURE(StartEngine(16 << 20));
   Ledger ledger;
   {
     Writers writers(engine_->socket(), 4096, &ledger);
@@ -235,7 +236,7 @@ TEST_F(EngineTest, WritesReachEveryReplicaAndReadBack) {
 TEST_F(EngineTest, AcknowledgedWritesSurviveRandomFaults) {
   const char* env = getenv("HCI_FAULT_TRIALS");
   const int trials = env != nullptr ? atoi(env) : 8;
-  StartEngine(16 << 20);
+  ASSERT_NO_FATAL_FAILURE(StartEngine(16 << 20));
   Ledger ledger;
   std::mt19937 rng(getenv("HCI_FAULT_SEED") ? atoi(getenv("HCI_FAULT_SEED")) : 12345);
   Writers writers(engine_->socket(), 4096, &ledger);
@@ -273,7 +274,7 @@ TEST_F(EngineTest, AcknowledgedWritesSurviveRandomFaults) {
 
 TEST_F(EngineTest, StaleReplicaIsNeverReadAndRebuildCopiesOnlyChanges) {
   // 256 KiB/s: the rebuild of what changed takes seconds, long enough to read during it.
-  StartEngine(64 << 20, 256 << 10);
+  ASSERT_NO_FATAL_FAILURE(StartEngine(64 << 20, 256 << 10));
   auto c = NbdClient::Connect(engine_->socket(), 5000);
   ASSERT_TRUE(c.ok());
   std::vector<std::uint8_t> buf(kBlock);
@@ -320,7 +321,7 @@ TEST_F(EngineTest, StaleReplicaIsNeverReadAndRebuildCopiesOnlyChanges) {
 }
 
 TEST_F(EngineTest, EngineKilledDuringWritesLosesNothingAcknowledged) {
-  StartEngine(16 << 20);
+  ASSERT_NO_FATAL_FAILURE(StartEngine(16 << 20));
   Ledger ledger;
   {
     Writers writers(engine_->socket(), 4096, &ledger);
@@ -342,7 +343,7 @@ TEST_F(EngineTest, EngineKilledDuringWritesLosesNothingAcknowledged) {
 }
 
 TEST_F(EngineTest, BelowWriteQuorumNothingIsAcknowledged) {
-  StartEngine(16 << 20);
+  ASSERT_NO_FATAL_FAILURE(StartEngine(16 << 20));
   auto c = NbdClient::Connect(engine_->socket(), 5000);
   ASSERT_TRUE(c.ok());
   Ledger ledger;
@@ -381,7 +382,7 @@ TEST_F(EngineTest, BelowWriteQuorumNothingIsAcknowledged) {
 // nodes are back the engine chooses a replica of the highest generation again and rebuilds the
 // others.
 TEST_F(EngineTest, EveryReplicaLostThenBackLosesNothing) {
-  StartEngine(16 << 20);
+  ASSERT_NO_FATAL_FAILURE(StartEngine(16 << 20));
   auto c = NbdClient::Connect(engine_->socket(), 5000);
   ASSERT_TRUE(c.ok());
   Ledger ledger;

@@ -27,6 +27,17 @@
 #include "hci/status.h"
 #include "process/process.h"
 
+#ifdef HCI_SANITIZER_PRELOAD
+// The plugin starts its engines in nbdkit, which is not instrumented: they inherit this process's
+// environment, so the sanitizer runtimes go into LD_PRELOAD there (this process parsed its own
+// ASAN_OPTIONS at start-up and keeps its leak checking).
+const bool kSanitizerPreload = [] {
+  setenv("LD_PRELOAD", HCI_SANITIZER_PRELOAD, 1);
+  setenv("ASAN_OPTIONS", "detect_leaks=0", 1);
+  return true;
+}();
+#endif
+
 namespace hci::replicated::plugin_testing {
 
 struct TestNode {

@@ -16,15 +16,6 @@
 #include "hci/hci.h"
 #include "plugin_test_nodes.h"
 
-#ifdef HCI_SANITIZER_PRELOAD
-// The plugin starts its engines in nbdkit, which is not instrumented (see plugin_test.cc).
-const bool kSanitizerPreload = [] {
-  setenv("LD_PRELOAD", HCI_SANITIZER_PRELOAD, 1);
-  setenv("ASAN_OPTIONS", "detect_leaks=0", 1);
-  return true;
-}();
-#endif
-
 namespace hci::replicated::plugin_testing {
 namespace {
 
