@@ -56,6 +56,7 @@ HCI_OPTIONAL(kCompute, ComputeBackend, Result<std::unique_ptr<ConsoleStream>>, A
              v1::AttachConsoleRequest)
 HCI_OPTIONAL(kCompute, ComputeBackend, Result<v1::VmMetricsResponse>, VmMetrics,
              v1::VmMetricsRequest)
+HCI_OPTIONAL(kCompute, ComputeBackend, Status, ResizeDisk, v1::ResizeDiskRequest)
 
 HCI_OPTIONAL(kStorage, StorageBackend, Result<v1::Volume>, ExpandVolume, v1::ExpandVolumeRequest)
 HCI_OPTIONAL(kStorage, StorageBackend, Result<v1::Snapshot>, CreateSnapshot,
@@ -66,6 +67,7 @@ HCI_OPTIONAL(kStorage, StorageBackend, Status, DeleteSnapshot, v1::DeleteSnapsho
 HCI_OPTIONAL(kStorage, StorageBackend, Result<v1::Volume>, RevertVolume, v1::RevertVolumeRequest)
 HCI_OPTIONAL(kStorage, StorageBackend, Result<v1::ChangedBlocks>, GetChangedBlocks,
              v1::GetChangedBlocksRequest)
+HCI_OPTIONAL(kStorage, StorageBackend, Result<Operation>, ScrubVolume, v1::ScrubVolumeRequest)
 
 HCI_OPTIONAL(kNetwork, NetworkBackend, Result<v1::Port>, CreatePort, v1::CreatePortRequest)
 HCI_OPTIONAL(kNetwork, NetworkBackend, Result<v1::Port>, GetPort, v1::GetPortRequest)

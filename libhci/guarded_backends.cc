@@ -211,6 +211,20 @@ class GuardedCompute final : public ComputeBackend {
     return Read<Result<v1::VmMetricsResponse>>("VmMetrics", r,
                                                [&] { return inner_->VmMetrics(r); });
   }
+  Status ResizeDisk(const v1::ResizeDiskRequest& r) override {
+    return g_.Call<Status>(
+        "ResizeDisk", "vm", r.vm(), Access::kMutate,
+        [&] {
+          HCI_RETURN_NOT_OK(ValidateName("vm", r.vm()));
+          HCI_RETURN_NOT_OK(ValidateName("volume", r.volume()));
+          if (r.size_bytes() == 0 || r.size_bytes() % 4096 != 0) {
+            return InvalidArgument("size_bytes: " + std::to_string(r.size_bytes()) +
+                                   " is not a positive multiple of 4096");
+          }
+          return Status();
+        },
+        [&] { return inner_->ResizeDisk(r); });
+  }
 
  private:
   template <typename R, typename Req, typename Fn>
@@ -350,6 +364,11 @@ class GuardedStorage final : public StorageBackend {
           return ValidateOptionalName("to_snapshot", r.to_snapshot());
         },
         [&] { return inner_->GetChangedBlocks(r); });
+  }
+  Result<Operation> ScrubVolume(const v1::ScrubVolumeRequest& r) override {
+    return g_.Call<Result<Operation>>(
+        "ScrubVolume", "volume", r.name(), Access::kMutate,
+        [&] { return ValidateName("name", r.name()); }, [&] { return inner_->ScrubVolume(r); });
   }
 
  private:

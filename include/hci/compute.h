@@ -75,6 +75,13 @@ class HCI_EXPORT ComputeBackend : public Backend {
   /// Optional (capability `metrics`): per-VM metrics with KubeVirt's names
   /// (kubevirt_vmi_vcpu_seconds_total, kubevirt_vmi_memory_resident_bytes, ...).
   virtual Result<v1::VmMetricsResponse> VmMetrics(const v1::VmMetricsRequest& request);
+  /// Optional (capability `resize_disk`): the storage backend grew `volume`, which backs a disk
+  /// of the running VM `vm`, to `size_bytes`; QEMU takes the new size and the guest gets a
+  /// capacity-change notification (libvirt's virDomainBlockResize). OK when the VM is not
+  /// running (its next start opens the volume at the new size). NotFound when the VM does not
+  /// exist or has no disk on `volume`; InvalidArgument when `size_bytes` is not a multiple of
+  /// 4096 or smaller than the disk's current size.
+  virtual Status ResizeDisk(const v1::ResizeDiskRequest& request);
 };
 
 }  // namespace hci

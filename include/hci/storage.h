@@ -3,6 +3,7 @@
 
 #include "hci/backend.h"
 #include "hci/export.h"
+#include "hci/operation.h"
 #include "hci/result.h"
 #include "hci/v1/storage.pb.h"
 
@@ -38,6 +39,9 @@ class HCI_EXPORT StorageBackend : public Backend {
 
   /// Optional (capability `expand`/`online_expand`): grows the volume to `size_bytes`.
   /// Shrinking gives InvalidArgument ("size_bytes: ... smaller than the current size").
+  /// While the volume is attached (`online_expand`), a backend whose attacher is a VM of this
+  /// host tells the compute backend through PluginContext::compute()->ResizeDisk(), so that the
+  /// guest sees the new size, as KubeVirt does after a PersistentVolumeClaim grows.
   virtual Result<v1::Volume> ExpandVolume(const v1::ExpandVolumeRequest& request);
   /// Optional (capability `snapshots`). Idempotent by name within the volume.
   virtual Result<v1::Snapshot> CreateSnapshot(const v1::CreateSnapshotRequest& request);
@@ -50,6 +54,13 @@ class HCI_EXPORT StorageBackend : public Backend {
   virtual Result<v1::Volume> RevertVolume(const v1::RevertVolumeRequest& request);
   /// Optional (capability `changed_blocks`): extents that differ between two snapshots.
   virtual Result<v1::ChangedBlocks> GetChangedBlocks(const v1::GetChangedBlocksRequest& request);
+  /// Optional (capability `scrub`): compares the content of the volume's replicas extent by
+  /// extent and, unless `report_only`, rewrites an extent on a replica that differs from the
+  /// replicas that agree on it. A long operation (kind "ScrubVolume", progress in bytes of the
+  /// volume compared) that runs attached or detached. It succeeds when the comparison ran to the
+  /// end: what it found is in VolumeStatus.last_scrub and in ScrubMismatch events. NotFound for
+  /// an unknown volume; FailedPrecondition when fewer than two replicas can be compared.
+  virtual Result<Operation> ScrubVolume(const v1::ScrubVolumeRequest& request);
 };
 
 }  // namespace hci

@@ -12,14 +12,14 @@ namespace hci::mock {
 namespace {
 
 // Every method of the five backend interfaces (Metrics is common to all).
-constexpr std::array<std::string_view, 47> kBackendMethods = {
+constexpr std::array<std::string_view, 49> kBackendMethods = {
     // ComputeBackend
     "CreateVm", "GetVm", "ListVms", "DeleteVm", "StartVm", "StopVm", "RestartVm", "PauseVm",
-    "ResumeVm", "MigrateVm", "ReadConsole", "AttachConsole", "VmMetrics",
+    "ResumeVm", "MigrateVm", "ReadConsole", "AttachConsole", "VmMetrics", "ResizeDisk",
     // StorageBackend
     "CreateVolume", "GetVolume", "ListVolumes", "DeleteVolume", "AttachVolume", "DetachVolume",
     "ExpandVolume", "CreateSnapshot", "ListSnapshots", "DeleteSnapshot", "RevertVolume",
-    "GetChangedBlocks",
+    "GetChangedBlocks", "ScrubVolume",
     // NetworkBackend
     "CreateNetwork", "GetNetwork", "ListNetworks", "DeleteNetwork", "CreatePort", "GetPort",
     "ListPorts", "DeletePort",

@@ -291,6 +291,7 @@ class MockCompute final : public ComputeBackend {
     caps.set_uefi(true);
     caps.set_kernel_boot(true);
     caps.set_cloud_init(true);
+    caps.set_resize_disk(true);
     for (auto s : {v1::RUN_STRATEGY_ALWAYS, v1::RUN_STRATEGY_HALTED, v1::RUN_STRATEGY_MANUAL,
                    v1::RUN_STRATEGY_RERUN_ON_FAILURE, v1::RUN_STRATEGY_ONCE}) {
       caps.add_run_strategies(s);
@@ -521,6 +522,27 @@ class MockCompute final : public ComputeBackend {
     v1::VmMetricsResponse out;
     out.set_text(RenderMetrics(*vm));
     return out;
+  }
+
+  Status ResizeDisk(const v1::ResizeDiskRequest& request) override {
+    HCI_RETURN_NOT_OK(env_->Enter("ResizeDisk"));
+    std::lock_guard lock(mu_);
+    HCI_ASSIGN_OR_RAISE(Vm * vm, FindLocked(request.vm()));
+    const v1::Disk* disk = nullptr;
+    for (const auto& d : vm->obj.spec().disks()) {
+      if (d.volume() == request.volume()) disk = &d;
+    }
+    if (disk == nullptr) {
+      return NotFound("volume: vm " + Quote(request.vm()) + " has no disk on volume " +
+                      Quote(request.volume()));
+    }
+    // Stopped: the next start opens the volume at its new size.
+    if (!HasProcess(vm->obj.status().phase())) return Status();
+    env_->Publish(env_->MakeEvent(v1::EVENT_TYPE_NORMAL, kVmKind, request.vm(), "DiskResized",
+                                  "disk " + Quote(disk->name()) + " (volume " +
+                                      Quote(request.volume()) + ") is now " +
+                                      std::to_string(request.size_bytes()) + " bytes"));
+    return Status();
   }
 
  private:

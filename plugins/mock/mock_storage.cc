@@ -67,6 +67,7 @@ class MockStorage final : public StorageBackend {
     // Discard needs a data path; the mock's null-co device has none.
     caps.set_trim(false);
     caps.set_thin_provisioning(true);
+    caps.set_scrub(true);
     return caps;
   }
 
@@ -269,7 +270,7 @@ class MockStorage final : public StorageBackend {
   Result<v1::Volume> ExpandVolume(const v1::ExpandVolumeRequest& request) override {
     HCI_RETURN_NOT_OK(env_->Enter("ExpandVolume"));
     HCI_RETURN_NOT_OK(ValidateSize(request.size_bytes(), "size_bytes"));
-    std::lock_guard lock(mu_);
+    std::unique_lock lock(mu_);
     HCI_ASSIGN_OR_RAISE(Vol * vol, FindLocked(request.name()));
     std::uint64_t current = vol->obj.spec().size_bytes();
     if (request.size_bytes() < current) {
@@ -284,7 +285,25 @@ class MockStorage final : public StorageBackend {
                                   "VolumeExpanded",
                                   "expanded from " + std::to_string(current) + " to " +
                                       std::to_string(request.size_bytes()) + " bytes"));
-    return vol->obj;
+    v1::Volume out = vol->obj;
+    lock.unlock();
+    // Online expand as the StorageBackend contract has it: the attached VM is told.
+    ComputeBackend* compute = env_->context().compute();
+    const std::string& attacher = out.status().attached_to();
+    if (!attacher.empty() && compute != nullptr) {
+      v1::ResizeDiskRequest resize;
+      resize.set_vm(attacher);
+      resize.set_volume(request.name());
+      resize.set_size_bytes(request.size_bytes());
+      Status told = compute->ResizeDisk(resize);
+      if (!told.ok() && told.code() != StatusCode::kNotFound) {
+        env_->Publish(env_->MakeEvent(v1::EVENT_TYPE_WARNING, kVolumeKind, request.name(),
+                                      "ResizeDiskFailed",
+                                      "the volume grew, but " + Quote(attacher) +
+                                          " was not told: " + told.message()));
+      }
+    }
+    return out;
   }
 
   Result<v1::Snapshot> CreateSnapshot(const v1::CreateSnapshotRequest& request) override {
@@ -404,6 +423,33 @@ class MockStorage final : public StorageBackend {
       extent->set_length(to_size);
     }
     return out;
+  }
+
+  // The mock keeps one copy, so a scrub compares it with itself: it finds nothing, at once.
+  Result<Operation> ScrubVolume(const v1::ScrubVolumeRequest& request) override {
+    HCI_RETURN_NOT_OK(env_->Enter("ScrubVolume"));
+    std::lock_guard lock(mu_);
+    HCI_ASSIGN_OR_RAISE(Vol * vol, FindLocked(request.name()));
+    OperationInfo info;
+    info.kind = "ScrubVolume";
+    info.object.set_kind(kVolumeKind);
+    info.object.set_name(request.name());
+    info.cancellable = false;
+    OperationControl control = env_->context().operations().Start(info);
+    const std::uint64_t size = vol->obj.spec().size_bytes();
+    auto* result = vol->obj.mutable_status()->mutable_last_scrub();
+    result->Clear();
+    *result->mutable_start_time() = Now();
+    result->set_bytes_compared(size);
+    result->set_report_only(request.report_only());
+    *result->mutable_end_time() = Now();
+    control.SetProgress(size, size, "compared");
+    env_->Publish(env_->MakeEvent(v1::EVENT_TYPE_NORMAL, kVolumeKind, request.name(),
+                                  "ScrubCompleted",
+                                  "compared " + std::to_string(size) + " bytes: no mismatch"));
+    Operation handle = control.handle();
+    control.Finish(Status());
+    return handle;
   }
 
  private:

@@ -144,7 +144,8 @@ PluginMatrix SampleMatrix(std::string plugin) {
 
 TEST(Matrix, EveryKindHasItsInterfaceOperationsAndMetrics) {
   EXPECT_EQ(Operations(BackendKind::kCompute).front(), "CreateVm");
-  EXPECT_EQ(Operations(BackendKind::kStorage).size(), 13u);
+  EXPECT_EQ(Operations(BackendKind::kCompute).size(), 15u);
+  EXPECT_EQ(Operations(BackendKind::kStorage).size(), 14u);
   EXPECT_EQ(Operations(BackendKind::kNetwork).size(), 9u);
   EXPECT_EQ(Operations(BackendKind::kImage).size(), 5u);
   EXPECT_EQ(Operations(BackendKind::kBackup).size(), 10u);

@@ -232,6 +232,13 @@ class ComputeBackend(_Backend):
         return self._call("vm_metrics", v1.VmMetricsRequest, v1.VmMetricsResponse, request,
                           fields)
 
+    def resize_disk(self, request=None, /, **fields):
+        """Tells running VM ``vm`` that ``volume``, behind one of its disks, grew to
+        ``size_bytes`` (capability ``resize_disk``; libvirt's virDomainBlockResize). Storage
+        backends with ``online_expand`` call it themselves from ``expand_volume``. Raises
+        NotFound when the VM has no disk on that volume."""
+        return self._call("resize_disk", v1.ResizeDiskRequest, None, request, fields)
+
 
 class StorageBackend(_Backend):
     """Block volumes and snapshots (hci::StorageBackend). Sizes are bytes, multiples of 4096."""
@@ -300,6 +307,13 @@ class StorageBackend(_Backend):
         (capability ``changed_blocks``): ``ChangedBlocks``."""
         return self._call("get_changed_blocks", v1.GetChangedBlocksRequest, v1.ChangedBlocks,
                           request, fields)
+
+    def scrub_volume(self, request=None, /, **fields):
+        """Compares the replicas of volume ``name`` extent by extent and, unless
+        ``report_only``, repairs a replica that differs from the others (capability
+        ``scrub``): an :class:`hci.Operation`; the findings are in the volume's
+        ``status.last_scrub``."""
+        return self._call("scrub_volume", v1.ScrubVolumeRequest, Operation, request, fields)
 
 
 class NetworkBackend(_Backend):

@@ -164,6 +164,7 @@ void BindBackends(py::module_& m) {
   Def<&ComputeBackend::MigrateVm>(compute, "migrate_vm", "MigrateVmRequest -> Operation");
   Def<&ComputeBackend::ReadConsole>(compute, "read_console", "ReadConsoleRequest -> ConsoleOutput");
   Def<&ComputeBackend::VmMetrics>(compute, "vm_metrics", "VmMetricsRequest -> VmMetricsResponse");
+  Def<&ComputeBackend::ResizeDisk>(compute, "resize_disk", "ResizeDiskRequest -> None");
   compute.def("attach_console", &AttachConsole, py::arg("request"),
               py::call_guard<py::gil_scoped_release>(), "AttachConsoleRequest -> Console");
 
@@ -184,6 +185,7 @@ void BindBackends(py::module_& m) {
   Def<&StorageBackend::RevertVolume>(storage, "revert_volume", "RevertVolumeRequest -> Volume");
   Def<&StorageBackend::GetChangedBlocks>(storage, "get_changed_blocks",
                                          "GetChangedBlocksRequest -> ChangedBlocks");
+  Def<&StorageBackend::ScrubVolume>(storage, "scrub_volume", "ScrubVolumeRequest -> Operation");
 
   auto network = BindBackend<NetworkBackend>(m, "NetworkBackend", "hci::NetworkBackend.");
   Def<&NetworkBackend::CreateNetwork>(network, "create_network", "CreateNetworkRequest -> Network");

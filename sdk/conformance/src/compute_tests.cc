@@ -72,6 +72,14 @@ Result<std::unique_ptr<ConsoleStream>> AttachConsole(Context& ctx, const std::st
   r.set_name(name);
   return C(ctx).AttachConsole(r);
 }
+Status ResizeDisk(Context& ctx, const std::string& vm, const std::string& volume,
+                  std::uint64_t size) {
+  v1::ResizeDiskRequest r;
+  r.set_vm(vm);
+  r.set_volume(volume);
+  r.set_size_bytes(size);
+  return C(ctx).ResizeDisk(r);
+}
 Result<v1::VmMetricsResponse> VmMetrics(Context& ctx, const std::string& name) {
   v1::VmMetricsRequest r;
   r.set_name(name);
@@ -412,6 +420,37 @@ void AddComputeTests(Env& env, std::vector<TestDef>& tests) {
         {capabilities, "VmMetricsUnimplemented", {Op("VmMetrics")}, [](Context& ctx) {
            CONF_ASSIGN_OR_FAIL(auto vm, ctx.NewVm());
            EXPECT_TRUE(HasCode(VmMetrics(ctx, vm.metadata().name()), StatusCode::kUnimplemented));
+         }});
+  }
+
+  if (caps.resize_disk()) {
+    tests.push_back({lifecycle, "ResizeDisk", {Op("ResizeDisk")}, [](Context& ctx) {
+                       CONF_ASSIGN_OR_FAIL(auto vm, ctx.NewVm());
+                       const std::string name = vm.metadata().name();
+                       const std::uint64_t size = ctx.fx().vm_volume_size;
+                       EXPECT_TRUE(HasCode(ResizeDisk(ctx, ctx.Name("missing"), "v", size),
+                                           StatusCode::kNotFound))
+                           << "ResizeDisk of a VM that does not exist";
+                       EXPECT_TRUE(HasCode(ResizeDisk(ctx, name, ctx.Name("other"), size),
+                                           StatusCode::kNotFound, "volume"))
+                           << "ResizeDisk of a volume the VM has no disk on";
+                       EXPECT_TRUE(HasCode(ResizeDisk(ctx, "", "v", size),
+                                           StatusCode::kInvalidArgument, "vm"));
+                       EXPECT_TRUE(HasCode(ResizeDisk(ctx, name, "v", 4095),
+                                           StatusCode::kInvalidArgument, "size_bytes"));
+                       if (vm.spec().disks().empty()) return;
+                       // A stopped VM opens its volumes at their new size when it starts.
+                       EXPECT_TRUE(IsOk(ResizeDisk(ctx, name, vm.spec().disks(0).volume(), size)))
+                           << "ResizeDisk of a Stopped VM is OK";
+                     }});
+  } else {
+    tests.push_back(
+        {capabilities, "ResizeDiskUnimplemented", {Op("ResizeDisk")}, [](Context& ctx) {
+           CONF_ASSIGN_OR_FAIL(auto vm, ctx.NewVm());
+           const std::string volume =
+               vm.spec().disks().empty() ? ctx.Name("v") : vm.spec().disks(0).volume();
+           EXPECT_TRUE(HasCode(ResizeDisk(ctx, vm.metadata().name(), volume, 1 << 20),
+                               StatusCode::kUnimplemented));
          }});
   }
 

@@ -29,12 +29,12 @@ std::vector<std::string> Operations(BackendKind kind) {
     case BackendKind::kCompute:
       return {"CreateVm",    "GetVm",         "ListVms",   "DeleteVm", "StartVm",
               "StopVm",      "RestartVm",     "PauseVm",   "ResumeVm", "MigrateVm",
-              "ReadConsole", "AttachConsole", "VmMetrics", "Metrics"};
+              "ReadConsole", "AttachConsole", "VmMetrics", "ResizeDisk", "Metrics"};
     case BackendKind::kStorage:
       return {"CreateVolume",  "GetVolume",      "ListVolumes",  "DeleteVolume",
               "AttachVolume",  "DetachVolume",   "ExpandVolume", "CreateSnapshot",
               "ListSnapshots", "DeleteSnapshot", "RevertVolume", "GetChangedBlocks",
-              "Metrics"};
+              "ScrubVolume",   "Metrics"};
     case BackendKind::kNetwork:
       return {"CreateNetwork", "GetNetwork", "ListNetworks", "DeleteNetwork", "CreatePort",
               "GetPort",       "ListPorts",  "DeletePort",   "Metrics"};
@@ -74,6 +74,7 @@ std::optional<Gate> GateOf(const Env& env, BackendKind kind, std::string_view op
       if (op == "ReadConsole") return gate("console_log", c.console_log());
       if (op == "AttachConsole") return gate("console_attach", c.console_attach());
       if (op == "VmMetrics") return gate("metrics", c.metrics());
+      if (op == "ResizeDisk") return gate("resize_disk", c.resize_disk());
       break;
     }
     case BackendKind::kStorage: {
@@ -84,6 +85,7 @@ std::optional<Gate> GateOf(const Env& env, BackendKind kind, std::string_view op
       }
       if (op == "RevertVolume") return gate("revert", c.revert());
       if (op == "GetChangedBlocks") return gate("changed_blocks", c.changed_blocks());
+      if (op == "ScrubVolume") return gate("scrub", c.scrub());
       break;
     }
     case BackendKind::kNetwork:

@@ -64,6 +64,14 @@ Result<v1::Volume> Revert(Context& ctx, const std::string& volume, const std::st
   r.set_snapshot(snapshot);
   return S(ctx).RevertVolume(r);
 }
+Result<Operation> Scrub(Context& ctx, const std::string& volume, bool report_only = false) {
+  v1::ScrubVolumeRequest r;
+  r.set_name(volume);
+  r.set_report_only(report_only);
+  auto op = S(ctx).ScrubVolume(r);
+  if (op.ok()) ctx.tracker.Op(*op);
+  return op;
+}
 Result<v1::ChangedBlocks> Changed(Context& ctx, const std::string& volume,
                                   const std::string& from = {}, const std::string& to = {}) {
   v1::GetChangedBlocksRequest r;
@@ -518,6 +526,33 @@ void AddStorageTests(Env& env, std::vector<TestDef>& tests) {
          }});
   }
 
+  if (caps.scrub()) {
+    tests.push_back({lifecycle, "Scrub", {Op("ScrubVolume")}, [](Context& ctx) {
+                       CONF_ASSIGN_OR_FAIL(auto volume, ctx.NewVolume());
+                       const std::string v = volume.metadata().name();
+                       for (bool report_only : {true, false}) {
+                         CONF_ASSIGN_OR_FAIL(auto op, Scrub(ctx, v, report_only));
+                         CONF_ASSERT_OK(ctx.Wait(op));
+                         EXPECT_EQ(op.status().kind(), "ScrubVolume");
+                         CONF_ASSIGN_OR_FAIL(auto now, GetVolume(ctx, v));
+                         const auto& last = now.status().last_scrub();
+                         EXPECT_TRUE(now.status().has_last_scrub())
+                             << "a finished scrub is reported in status.last_scrub";
+                         EXPECT_EQ(last.bytes_compared(), ctx.fx().volume_size)
+                             << "a scrub compares the whole volume";
+                         EXPECT_EQ(last.report_only(), report_only);
+                         EXPECT_EQ(last.mismatched_bytes(), 0u) << "a new volume's replicas agree";
+                         EXPECT_EQ(last.code(), 0) << last.error();
+                       }
+                     }});
+  } else {
+    tests.push_back({capabilities, "ScrubUnimplemented", {Op("ScrubVolume")}, [](Context& ctx) {
+                       CONF_ASSIGN_OR_FAIL(auto volume, ctx.NewVolume());
+                       EXPECT_TRUE(HasCode(Scrub(ctx, volume.metadata().name()),
+                                           StatusCode::kUnimplemented));
+                     }});
+  }
+
   if (caps.thin_provisioning()) {
     tests.push_back({lifecycle, "ThinProvisioning", {Op("CreateVolume")}, [](Context& ctx) {
                        CONF_ASSIGN_OR_FAIL(auto volume, ctx.NewVolume());
@@ -691,6 +726,8 @@ void AddStorageTests(Env& env, std::vector<TestDef>& tests) {
        [](Context& c, const std::string& n) { return Revert(c, n, c.Name("snap")).status(); }},
       {"GetChangedBlocks", caps.changed_blocks(),
        [](Context& c, const std::string& n) { return Changed(c, n).status(); }},
+      {"ScrubVolume", caps.scrub(),
+       [](Context& c, const std::string& n) { return Scrub(c, n).status(); }},
   };
   for (auto& c : calls) {
     if (!c.claimed) continue;

@@ -105,6 +105,13 @@ def test_storage(host):
     changed = storage.get_changed_blocks(volume="data", from_snapshot="s1", to_snapshot="s2")
     assert isinstance(changed, v1.ChangedBlocks)
     assert isinstance(storage.revert_volume(volume="data", snapshot="s1"), v1.Volume)
+    scrub = storage.scrub_volume(name="data", report_only=True)
+    assert isinstance(scrub, hci.Operation)
+    scrub.wait(timeout=10)
+    last = storage.get_volume(name="data").status.last_scrub
+    assert last.report_only and last.bytes_compared == 128 * MIB and last.mismatched_bytes == 0
+    with pytest.raises(hci.NotFound, match="missing"):
+        storage.scrub_volume(name="missing")
     storage.delete_snapshot(volume="data", name="s2")
     assert [s.metadata.name for s in storage.list_snapshots(volume="data").snapshots] == ["s1"]
     storage.delete_volume(name="data")
