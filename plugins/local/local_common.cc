@@ -66,37 +66,6 @@ void SyncDir(const std::string& dir) {
   ::close(fd);
 }
 
-Status WriteFileAtomically(const std::string& path, std::string_view content) {
-  static std::atomic<std::uint64_t> counter{0};
-  std::string dir = DirOf(path);
-  std::string tmp = dir + "/." + path.substr(dir.size() + 1) + ".tmp." +
-                    std::to_string(::getpid()) + "." + std::to_string(++counter);
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-  if (fd < 0) return ErrnoStatus(errno, "open \"" + tmp + "\"");
-  Status status;
-  std::size_t done = 0;
-  while (status.ok() && done < content.size()) {
-    ssize_t n = ::write(fd, content.data() + done, content.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      status = ErrnoStatus(errno, "write \"" + tmp + "\"");
-    } else {
-      done += static_cast<std::size_t>(n);
-    }
-  }
-  if (status.ok() && ::fsync(fd) != 0) status = ErrnoStatus(errno, "fsync \"" + tmp + "\"");
-  if (::close(fd) != 0 && status.ok()) status = ErrnoStatus(errno, "close \"" + tmp + "\"");
-  if (status.ok() && ::rename(tmp.c_str(), path.c_str()) != 0) {
-    status = ErrnoStatus(errno, "rename \"" + tmp + "\" to \"" + path + "\"");
-  }
-  if (!status.ok()) {
-    ::unlink(tmp.c_str());
-    return status;
-  }
-  SyncDir(dir);
-  return Status();
-}
-
 Status RemoveFile(const std::string& path) {
   if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
     return ErrnoStatus(errno, "unlink \"" + path + "\"");

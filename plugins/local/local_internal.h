@@ -30,6 +30,7 @@
 #include "hci/result.h"
 #include "hci/status.h"
 #include "hci/storage.h"
+#include "process/process.h"
 
 namespace hci::local {
 
@@ -242,9 +243,9 @@ class Store {
 // ---------------------------------------------------------------------------------------------
 // Files
 
-/// Writes `content` to `path` atomically: a temporary file in the same directory, fsync, rename,
-/// fsync of the directory.
-Status WriteFileAtomically(const std::string& path, std::string_view content);
+/// Writes `content` to `path` atomically (mode 0600): a temporary file in the same directory,
+/// fsync, rename, fsync of the directory.
+using ::hci::process::WriteFileAtomically;
 /// Removes `path`; OK when it does not exist.
 Status RemoveFile(const std::string& path);
 /// Renames `from` to `to`, failing with AlreadyExists rather than replacing `to`.

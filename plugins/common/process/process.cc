@@ -267,38 +267,51 @@ std::size_t ReadFully(int fd, void* buf, std::size_t size) {
   return got;
 }
 
-// Writes `content` to a temporary file next to `path`, fsyncs it and renames it over `path`, so
-// that a reader sees the old content or the new one, never a part.
-Status WriteFileAtomically(const std::string& path, std::string_view content) {
+}  // namespace
+
+Status WriteFileAtomically(const std::string& path, std::string_view content, mode_t mode) {
   static std::atomic<std::uint64_t> counter{0};
-  std::string tmp = path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(++counter);
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return ErrnoStatus(errno, "pid_file: open \"" + tmp + "\"");
+  const std::size_t slash = path.rfind('/');
+  const std::string dir = slash == std::string::npos ? "."
+                          : slash == 0               ? "/"
+                                                     : path.substr(0, slash);
+  const std::string base = slash == std::string::npos ? path : path.substr(slash + 1);
+  // Hidden and unique: concurrent writers of one path never share a temporary file, and a
+  // directory listing never shows one as a record.
+  const std::string tmp =
+      dir + "/." + base + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(++counter);
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
+  if (fd < 0) return ErrnoStatus(errno, "open \"" + tmp + "\"");
   Status status;
   std::size_t done = 0;
   while (status.ok() && done < content.size()) {
-    ssize_t n = ::write(fd, content.data() + done, content.size() - done);
+    const ssize_t n = ::write(fd, content.data() + done, content.size() - done);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) {
-      status = ErrnoStatus(errno, "pid_file: write \"" + tmp + "\"");
+      status = ErrnoStatus(errno, "write \"" + tmp + "\"");
     } else {
       done += static_cast<std::size_t>(n);
     }
   }
-  if (status.ok() && ::fsync(fd) != 0) {
-    status = ErrnoStatus(errno, "pid_file: fsync \"" + tmp + "\"");
-  }
-  if (::close(fd) != 0 && status.ok()) {
-    status = ErrnoStatus(errno, "pid_file: close \"" + tmp + "\"");
-  }
+  // open() applied the umask; the caller asked for exactly `mode`.
+  if (status.ok() && ::fchmod(fd, mode) != 0) status = ErrnoStatus(errno, "chmod \"" + tmp + "\"");
+  if (status.ok() && ::fsync(fd) != 0) status = ErrnoStatus(errno, "fsync \"" + tmp + "\"");
+  if (::close(fd) != 0 && status.ok()) status = ErrnoStatus(errno, "close \"" + tmp + "\"");
   if (status.ok() && ::rename(tmp.c_str(), path.c_str()) != 0) {
-    status = ErrnoStatus(errno, "pid_file: rename to \"" + path + "\"");
+    status = ErrnoStatus(errno, "rename \"" + tmp + "\" to \"" + path + "\"");
   }
-  if (!status.ok()) ::unlink(tmp.c_str());
-  return status;
+  if (!status.ok()) {
+    ::unlink(tmp.c_str());
+    return status;
+  }
+  // The rename is durable only once the directory is.
+  const int dir_fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir_fd >= 0) {
+    ::fsync(dir_fd);
+    ::close(dir_fd);
+  }
+  return Status();
 }
-
-}  // namespace
 
 Result<std::string> FindProgram(std::string_view program, std::string_view path) {
   if (program.empty()) return InvalidArgument("argv: the program is missing");
@@ -600,7 +613,8 @@ Result<pid_t> SpawnDaemon(const DaemonOptions& options) {
   }
   if (!have_pid) return Internal("daemon start: the intermediate child reported no pid");
   if (!options.pid_file.empty()) {
-    Status written = WriteFileAtomically(options.pid_file, std::to_string(daemon) + "\n");
+    Status written = WriteFileAtomically(options.pid_file, std::to_string(daemon) + "\n", 0644)
+                         .WithContext("pid_file");
     if (!written.ok()) {
       // A daemon nobody can find again must not keep running.
       ::kill(daemon, SIGKILL);

@@ -119,6 +119,13 @@ Result<pid_t> SpawnDaemon(const DaemonOptions& options);
 /// recycled by an unrelated program is therefore not mistaken for the daemon.
 bool ProcessAlive(pid_t pid, std::string_view expected_cmdline_substring);
 
+/// Replaces the file at `path` with `content` so that a reader sees the old content or the new
+/// one, never a part, and a crash leaves one of them: a hidden temporary file in the same
+/// directory is written, given `mode`, fsynced and renamed over `path`, then the directory is
+/// fsynced. Errors: the errno status of the failing step, naming the file; the temporary file is
+/// removed and `path` is unchanged.
+Status WriteFileAtomically(const std::string& path, std::string_view content, mode_t mode = 0600);
+
 /// Resolves `program` as Run() does: returned as is when it contains '/', else the first
 /// executable regular file named so in the directories of `path` (colon-separated; empty entries
 /// mean the current directory). NotFound when there is none.

@@ -25,8 +25,12 @@ int main(int argc, char** argv) {
         << "      plugin: replicated\n"
         << "      options:\n"
         << "        secret_file: \"" << nodes->secret_file() << "\"\n"
-        << "        io_timeout_ms: 2000\n"
-        << "        nodes:\n";
+        << "        io_timeout_ms: 2000\n";
+    const auto& fields = nodes->Options().fields();
+    if (auto it = fields.find("nbdkit"); it != fields.end()) {
+      out << "        nbdkit: \"" << it->second.string_value() << "\"\n";
+    }
+    out << "        nodes:\n";
     for (int i = 0; i < nodes->size(); ++i) {
       out << "          - {name: " << nodes->node(i).name << ", address: \""
           << nodes->node(i).address << "\"}\n";

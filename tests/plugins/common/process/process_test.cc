@@ -430,5 +430,29 @@ TEST(FindProgramTest, SearchesEachPathEntry) {
   EXPECT_EQ(FindProgram("sh", "/nonexistent").status().code(), StatusCode::kNotFound);
 }
 
+TEST(WriteFileAtomicallyTest, ReplacesWholeFilesWithTheModeAskedAndLeavesNoTemporary) {
+  char tmpl[] = "/tmp/hci-atomic-XXXXXX";
+  ASSERT_NE(::mkdtemp(tmpl), nullptr);
+  const std::string dir = tmpl;
+  const std::string path = dir + "/record.json";
+  ASSERT_TRUE(WriteFileAtomically(path, "first").ok());
+  ASSERT_TRUE(WriteFileAtomically(path, std::string(100000, 'x'), 0640).ok());
+  std::ifstream in(path);
+  std::string content((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(content, std::string(100000, 'x'));
+  struct stat st {};
+  ASSERT_EQ(::stat(path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0640u);
+  int entries = 0;
+  for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator(dir)) ++entries;
+  EXPECT_EQ(entries, 1) << "a temporary file was left behind";
+
+  // A directory that does not exist: the error names the file and nothing is created.
+  Status missing = WriteFileAtomically(dir + "/no/such/file", "x");
+  EXPECT_EQ(missing.code(), StatusCode::kNotFound) << missing;
+  EXPECT_THAT(missing.message(), ::testing::HasSubstr("file.tmp"));
+  std::filesystem::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace hci::process
