@@ -14,6 +14,7 @@
 #include "hci/object_meta.h"
 #include "hci/operation.h"
 #include "hci/options.h"
+#include "hci/prometheus.h"
 #include "hci/plugin.h"
 #include "hci/result.h"
 #include "hci/status.h"

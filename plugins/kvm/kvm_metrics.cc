@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <string>
 
+#include "hci/prometheus.h"
 #include "kvm_internal.h"
 
 namespace hci::kvm {
@@ -12,35 +13,6 @@ std::string FormatSeconds(double v) {
   char buf[64];
   std::snprintf(buf, sizeof(buf), "%.3f", v);
   return buf;
-}
-
-// Prometheus label values escape backslash, double quote and newline.
-std::string EscapeLabel(std::string_view v) {
-  std::string out;
-  for (char c : v) {
-    if (c == '\\' || c == '"') {
-      out += '\\';
-      out += c;
-    } else if (c == '\n') {
-      out += "\\n";
-    } else {
-      out += c;
-    }
-  }
-  return out;
-}
-
-void Header(std::string& out, std::string_view metric, std::string_view type,
-            std::string_view help) {
-  out += "# HELP ";
-  out += metric;
-  out += ' ';
-  out += help;
-  out += "\n# TYPE ";
-  out += metric;
-  out += ' ';
-  out += type;
-  out += '\n';
 }
 
 }  // namespace
@@ -102,16 +74,17 @@ Result<std::uint64_t> ParseVmRssBytes(std::string_view status) {
 std::string RenderVmMetrics(std::string_view name, std::string_view node,
                             const std::vector<double>& vcpu_seconds, std::uint64_t rss_bytes,
                             const std::vector<DriveStats>& drives) {
-  std::string base = "name=\"" + EscapeLabel(name) + "\",node=\"" + EscapeLabel(node) + "\"";
+  std::string base =
+      "name=\"" + EscapePrometheusLabel(name) + "\",node=\"" + EscapePrometheusLabel(node) + "\"";
   std::string out;
-  Header(out, "kubevirt_vmi_vcpu_seconds_total", "counter",
-         "Total amount of time spent in each state by each vcpu (cpu_id).");
+  AppendPrometheusHeader(&out, "kubevirt_vmi_vcpu_seconds_total", "counter",
+                         "Total amount of time spent in each state by each vcpu (cpu_id).");
   for (std::size_t i = 0; i < vcpu_seconds.size(); ++i) {
     out += "kubevirt_vmi_vcpu_seconds_total{id=\"" + std::to_string(i) + "\"," + base +
            ",state=\"running\"} " + FormatSeconds(vcpu_seconds[i]) + "\n";
   }
-  Header(out, "kubevirt_vmi_memory_resident_bytes", "gauge",
-         "Resident set size of the process running the domain.");
+  AppendPrometheusHeader(&out, "kubevirt_vmi_memory_resident_bytes", "gauge",
+                         "Resident set size of the process running the domain.");
   out += "kubevirt_vmi_memory_resident_bytes{" + base + "} " + std::to_string(rss_bytes) + "\n";
   struct Series {
     const char* metric;
@@ -129,10 +102,10 @@ std::string RenderVmMetrics(std::string_view name, std::string_view node,
        &DriveStats::write_ops},
   };
   for (const auto& s : kSeries) {
-    Header(out, s.metric, "counter", s.help);
+    AppendPrometheusHeader(&out, s.metric, "counter", s.help);
     for (const auto& d : drives) {
-      out += std::string(s.metric) + "{drive=\"" + EscapeLabel(d.drive) + "\"," + base + "} " +
-             std::to_string(d.*(s.field)) + "\n";
+      out += std::string(s.metric) + "{drive=\"" + EscapePrometheusLabel(d.drive) + "\"," + base +
+             "} " + std::to_string(d.*(s.field)) + "\n";
     }
   }
   return out;
