@@ -308,6 +308,7 @@ class KvmCompute final : public ComputeBackend {
     caps.set_console_attach(true);
     caps.set_live_migration(false);
     caps.set_metrics(true);
+    caps.set_resize_disk(true);
     caps.set_uefi(uefi_);
     caps.set_kernel_boot(true);
     caps.set_cloud_init(false);
@@ -430,6 +431,8 @@ class KvmCompute final : public ComputeBackend {
   }
 
   Result<v1::VmMetricsResponse> VmMetrics(const v1::VmMetricsRequest& request) override;
+
+  Status ResizeDisk(const v1::ResizeDiskRequest& request) override;
 
  private:
   // ------------------------------------------------------------------------------------------
@@ -931,6 +934,20 @@ Result<v1::VirtualMachine> KvmCompute::StartLocked(const std::shared_ptr<Vm>& vm
 
   auto attached = AttachDisks(vm->name, spec);
   if (!attached.ok()) return fail(attached.status(), "FailedAttachVolume");
+  {
+    // ResizeDisk needs them to open a second connection to an NBD volume.
+    google::protobuf::Struct disks;
+    for (int i = 0; i < spec.disks_size(); ++i) {
+      *(*disks.mutable_fields())[spec.disks(i).name()].mutable_struct_value() =
+          (*attached)[static_cast<std::size_t>(i)].blockdev();
+    }
+    if (Status s = WriteFileAtomically(vm->paths.disks, disks.SerializeAsString()); !s.ok()) {
+      ctx_.logger().Warn("vm", vm->name,
+                         "cannot save the disks' blockdev options (ResizeDisk of an NBD volume "
+                         "will fail until the next start): " +
+                             s.ToString());
+    }
+  }
   auto detach_and_fail = [&](Status status, std::string reason) -> Status {
     DetachDisks(vm->name, spec);
     return fail(std::move(status), std::move(reason));
@@ -1484,6 +1501,166 @@ Result<v1::VmMetricsResponse> KvmCompute::VmMetrics(const v1::VmMetricsRequest& 
   v1::VmMetricsResponse out;
   out.set_text(RenderVmMetrics(vm->name, node, vcpus, rss, drives));
   return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Disk resize
+
+namespace {
+
+// The virtual size QEMU gives the disk whose root node is `node` (query-block).
+Result<std::uint64_t> DiskBytes(qmp::QmpClient& q, const std::string& node) {
+  HCI_ASSIGN_OR_RAISE(auto blocks, q.Execute("query-block"));
+  if (blocks.is_array()) {
+    for (const auto& b : blocks.as_array()) {
+      const auto* inserted = b.is_object() ? b.as_object().if_contains("inserted") : nullptr;
+      if (inserted == nullptr || !inserted->is_object()) continue;
+      const auto* name = inserted->as_object().if_contains("node-name");
+      if (name == nullptr || !name->is_string() || name->as_string() != node) continue;
+      const auto* image = inserted->as_object().if_contains("image");
+      const auto* size = image != nullptr && image->is_object()
+                             ? image->as_object().if_contains("virtual-size")
+                             : nullptr;
+      if (size != nullptr && size->is_int64() && size->as_int64() >= 0) {
+        return static_cast<std::uint64_t>(size->as_int64());
+      }
+    }
+  }
+  return NotFound("query-block: no device uses block node " + Quote(node));
+}
+
+Result<std::set<std::string>> NamedNodes(qmp::QmpClient& q) {
+  HCI_ASSIGN_OR_RAISE(auto nodes, q.Execute("query-named-block-nodes"));
+  std::set<std::string> out;
+  if (nodes.is_array()) {
+    for (const auto& n : nodes.as_array()) {
+      const auto* name = n.is_object() ? n.as_object().if_contains("node-name") : nullptr;
+      if (name != nullptr && name->is_string()) out.insert(std::string(name->as_string()));
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+// A file or qcow2 node grows with `block_resize`. An NBD export cannot: QEMU 7.2's NBD client
+// learned the size at connect and refuses to grow (block/nbd.c nbd_co_truncate: "Cannot grow
+// NBD nodes"). So an NBD disk is a raw node over the NBD node (BuildQemuArgv), and a resize
+//   1. blockdev-add   a second NBD node, same server and export: a new connection, which the
+//                     server answers with the new size;
+//   2. blockdev-reopen the raw node with `file` = the new NBD node (QEMU drains the node, so no
+//                     request is in flight on the old connection; qapi/block-core.json);
+//   3. block_resize   the raw node to the new size: raw passes the truncate to the new NBD
+//                     node, which accepts a size it already has, and QEMU tells the device
+//                     (virtio-blk raises a config-change interrupt, the guest re-reads capacity);
+//   4. blockdev-del   the old NBD node.
+// Verified on QEMU 7.2 with the test guest (tests/plugins/replicated/vm_test.cc).
+Status KvmCompute::ResizeDisk(const v1::ResizeDiskRequest& request) {
+  MarkReady();
+  HCI_ASSIGN_OR_RAISE(auto vm, Find(request.vm()));
+  const std::uint64_t size = request.size_bytes();
+  v1::Disk disk;
+  std::shared_ptr<qmp::QmpClient> q;
+  {
+    std::lock_guard lock(vm->mu);
+    if (vm->deleted) return NotFound("vm " + Quote(request.vm()) + " does not exist");
+    bool found = false;
+    for (const auto& d : vm->obj.spec().disks()) {
+      if (d.volume() == request.volume()) {
+        disk = d;
+        found = true;
+      }
+    }
+    if (!found) {
+      return NotFound("volume: vm " + Quote(request.vm()) + " has no disk on volume " +
+                      Quote(request.volume()));
+    }
+    // Not running: its next start opens the volume at the new size.
+    if (!vm->run) return Status();
+    q = vm->run->qmp;
+  }
+  if (!q) return Unavailable("vm " + Quote(request.vm()) + ": QEMU's monitor is not connected");
+  const std::string root = NodeNameFor(disk.name());
+  const std::string what = "vm " + Quote(request.vm()) + " disk " + Quote(disk.name());
+  HCI_ASSIGN_OR_RAISE(std::uint64_t before, DiskBytes(*q, root));
+  if (size < before) {
+    return InvalidArgument("size_bytes: " + std::to_string(size) + " is smaller than " + what +
+                           "'s current size " + std::to_string(before));
+  }
+  if (size == before) return Status();
+
+  HCI_ASSIGN_OR_RAISE(auto nodes, NamedNodes(*q));
+  const std::string slot0 = ProtocolNodeNameFor(disk.name(), 0);
+  const std::string slot1 = ProtocolNodeNameFor(disk.name(), 1);
+  if (nodes.count(slot0) == 0 && nodes.count(slot1) == 0) {
+    HCI_RETURN_NOT_OK(
+        q->Execute("block_resize", {{"node-name", root}, {"size", static_cast<std::int64_t>(size)}})
+            .status()
+            .WithContext(what));
+  } else {
+    if (nodes.count(slot0) > 0 && nodes.count(slot1) > 0) {
+      // An earlier resize stopped halfway: the node the raw node does not use can go (QEMU
+      // refuses to delete the one in use).
+      for (const auto* n : {&slot0, &slot1}) {
+        q->Execute("blockdev-del", {{"node-name", *n}}).status().IgnoreError();
+      }
+      HCI_ASSIGN_OR_RAISE(nodes, NamedNodes(*q));
+    }
+    const std::string& old_node = nodes.count(slot0) > 0 ? slot0 : slot1;
+    const std::string& new_node = nodes.count(slot0) > 0 ? slot1 : slot0;
+    auto saved = ReadFile(vm->paths.disks);
+    google::protobuf::Struct disks;
+    if (!saved.ok() || !disks.ParseFromString(*saved) || disks.fields().count(disk.name()) == 0) {
+      return FailedPrecondition(what +
+                                ": the blockdev options of its volume were not saved at "
+                                "start (" +
+                                vm->paths.disks + "); restart the VM to resize it");
+    }
+    google::protobuf::Value options = disks.fields().at(disk.name());
+    auto& fields = *options.mutable_struct_value()->mutable_fields();
+    fields["node-name"].set_string_value(new_node);
+    if (disk.read_only()) fields["read-only"].set_bool_value(true);
+    boost::system::error_code ec;
+    boost::json::value args = boost::json::parse(ValueToJson(options), ec);
+    if (ec || !args.is_object()) return Internal(what + ": blockdev options are not an object");
+    HCI_RETURN_NOT_OK(
+        q->Execute("blockdev-add", args.as_object()).status().WithContext(what + ": blockdev-add"));
+    boost::json::object raw;
+    raw["driver"] = "raw";
+    raw["node-name"] = root;
+    raw["file"] = new_node;
+    if (disk.read_only()) raw["read-only"] = true;
+    boost::json::array reopen_options;
+    reopen_options.push_back(std::move(raw));
+    boost::json::object reopen;
+    reopen["options"] = std::move(reopen_options);
+    Status reopened = q->Execute("blockdev-reopen", reopen).status();
+    if (!reopened.ok()) {
+      q->Execute("blockdev-del", {{"node-name", new_node}}).status().IgnoreError();
+      return reopened.WithContext(what);
+    }
+    HCI_RETURN_NOT_OK(
+        q->Execute("block_resize", {{"node-name", root}, {"size", static_cast<std::int64_t>(size)}})
+            .status()
+            .WithContext(what));
+    if (Status del = q->Execute("blockdev-del", {{"node-name", old_node}}).status(); !del.ok()) {
+      ctx_.logger().Warn(
+          "vm", vm->name,
+          "resize of disk " + Quote(disk.name()) + ": the old NBD node stays: " + del.ToString());
+    }
+  }
+  HCI_ASSIGN_OR_RAISE(std::uint64_t after, DiskBytes(*q, root));
+  q.reset();
+  if (after != size) {
+    return Internal(what + ": QEMU reports " + std::to_string(after) + " bytes after resizing to " +
+                    std::to_string(size));
+  }
+  std::lock_guard lock(vm->mu);
+  PublishLocked(*vm, v1::EVENT_TYPE_NORMAL, "DiskResized",
+                "disk " + Quote(disk.name()) + " (volume " + Quote(request.volume()) +
+                    ") grew from " + std::to_string(before) + " to " + std::to_string(size) +
+                    " bytes");
+  return Status();
 }
 
 // ---------------------------------------------------------------------------------------------

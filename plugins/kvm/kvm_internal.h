@@ -20,6 +20,7 @@
 #include "hci/status.h"
 #include "hci/v1/compute.pb.h"
 #include "hci/v1/storage.pb.h"
+#include "process/process.h"
 
 namespace hci::kvm {
 
@@ -95,6 +96,10 @@ struct VmPaths {
   std::string qemu_log;
   /// UEFI variable store (a copy of the OVMF template), for UEFI VMs.
   std::string uefi_vars;
+  /// The blockdev options the storage backend gave for each disk at the last start
+  /// (google.protobuf.Struct, binary: disk name -> BlockdevOptions), for ResizeDisk, which opens
+  /// a second connection to an NBD volume with them.
+  std::string disks;
 
   static VmPaths For(const std::string& vms_dir, const std::string& name);
 };
@@ -111,6 +116,10 @@ Status ValidateSpec(const v1::VirtualMachineSpec& spec, bool uefi_available);
 /// The QEMU block node name of a disk: "disk-<name>" when that fits QEMU's 31-character limit,
 /// else a prefix of it with a hash of the whole name (so that distinct disks stay distinct).
 std::string NodeNameFor(std::string_view disk_name);
+
+/// The protocol node under the raw node of a disk whose volume is an NBD export: "nbd0-<name>"
+/// or "nbd1-<name>" (`slot` 0 or 1; ResizeDisk alternates them), shortened as NodeNameFor does.
+std::string ProtocolNodeNameFor(std::string_view disk_name, int slot);
 
 /// Converts a google.protobuf.Value to JSON text as QEMU's QAPI expects it: integral numbers
 /// that fit in 64 bits are written as integers (Struct stores every number as a double).
@@ -132,7 +141,10 @@ struct LaunchConfig {
 
 /// Builds the QEMU argv for `spec` (which ValidateSpec accepted). `attach[i]` is how the
 /// storage backend said to open spec.disks[i]; any QAPI BlockdevOptions object is accepted and
-/// gets this VM's node-name (and read-only when the disk is read-only).
+/// gets this VM's node-name (and read-only when the disk is read-only). An NBD export
+/// (`"driver": "nbd"`) becomes two nodes: the NBD node (ProtocolNodeNameFor(disk, 0)) under a
+/// `raw` format node (NodeNameFor(disk)) that the device uses, so that ResizeDisk can swap the
+/// NBD connection for one that sees a grown export (QEMU's NBD client cannot grow a node).
 /// InvalidArgument naming `spec.disks[i]` when an AttachInfo has no blockdev or when the counts
 /// differ.
 Result<std::vector<std::string>> BuildQemuArgv(const v1::VirtualMachineSpec& spec,
@@ -198,7 +210,7 @@ std::string RenderVmMetrics(std::string_view name, std::string_view node,
 Result<std::string> ReadFile(const std::string& path);
 /// Writes `data` to a temporary file in the same directory (mode 0600), fsyncs and renames it
 /// over `path`.
-Status WriteFileAtomically(const std::string& path, std::string_view data);
+using ::hci::process::WriteFileAtomically;
 /// The last `max_lines` non-empty lines of `text`, joined with "; ".
 std::string LastLines(std::string_view text, std::size_t max_lines);
 

@@ -109,6 +109,7 @@ VmPaths VmPaths::For(const std::string& vms_dir, const std::string& name) {
   p.serial_log = p.dir + "/serial.log";
   p.qemu_log = p.dir + "/qemu.log";
   p.uefi_vars = p.dir + "/uefi-vars.fd";
+  p.disks = p.dir + "/disks.pb";
   return p;
 }
 
@@ -116,15 +117,27 @@ std::string CmdlineMarker(const VmPaths& paths) {
   return "unix:" + EscapeComma(paths.qmp_socket) + ",server=on";
 }
 
-std::string NodeNameFor(std::string_view disk_name) {
+namespace {
+
+// `kind` (5 characters, e.g. "disk-") + the disk name, shortened with a hash of the whole name
+// when that does not fit QEMU's limit.
+std::string NodeName(std::string_view kind, std::string_view disk_name) {
   constexpr std::size_t kMaxNodeName = 31;  // QEMU's BlockDriverState.node_name is char[32]
-  std::string direct = "disk-" + std::string(disk_name);
+  std::string direct = std::string(kind) + std::string(disk_name);
   if (direct.size() <= kMaxNodeName) return direct;
   char hash[9];
   std::snprintf(hash, sizeof(hash), "%08x", static_cast<unsigned>(Fnv1a(disk_name) & 0xffffffffu));
-  std::string prefix(disk_name.substr(0, kMaxNodeName - 5 - 1 - 8));
+  std::string prefix(disk_name.substr(0, kMaxNodeName - kind.size() - 1 - 8));
   while (!prefix.empty() && prefix.back() == '-') prefix.pop_back();
-  return "disk-" + prefix + "-" + hash;
+  return std::string(kind) + prefix + "-" + hash;
+}
+
+}  // namespace
+
+std::string NodeNameFor(std::string_view disk_name) { return NodeName("disk-", disk_name); }
+
+std::string ProtocolNodeNameFor(std::string_view disk_name, int slot) {
+  return NodeName(slot == 0 ? "nbd0-" : "nbd1-", disk_name);
 }
 
 std::string ValueToJson(const google::protobuf::Value& value) {
@@ -320,9 +333,25 @@ Result<std::vector<std::string>> BuildQemuArgv(const v1::VirtualMachineSpec& spe
     *blockdev.mutable_struct_value() = info.blockdev();
     auto& fields = *blockdev.mutable_struct_value()->mutable_fields();
     std::string node = NodeNameFor(d.name());
-    fields["node-name"].set_string_value(node);
     if (d.read_only()) fields["read-only"].set_bool_value(true);
-    argv.insert(argv.end(), {"-blockdev", ValueToJson(blockdev)});
+    auto driver = fields.find("driver");
+    if (driver != fields.end() && driver->second.string_value() == "nbd") {
+      // QEMU's NBD client learns the export's size when it connects and cannot grow the node
+      // ("Cannot grow NBD nodes"); a raw node on top can take a new connection (ResizeDisk).
+      const std::string protocol = ProtocolNodeNameFor(d.name(), 0);
+      fields["node-name"].set_string_value(protocol);
+      argv.insert(argv.end(), {"-blockdev", ValueToJson(blockdev)});
+      google::protobuf::Value raw;
+      auto& raw_fields = *raw.mutable_struct_value()->mutable_fields();
+      raw_fields["driver"].set_string_value("raw");
+      raw_fields["file"].set_string_value(protocol);
+      raw_fields["node-name"].set_string_value(node);
+      if (d.read_only()) raw_fields["read-only"].set_bool_value(true);
+      argv.insert(argv.end(), {"-blockdev", ValueToJson(raw)});
+    } else {
+      fields["node-name"].set_string_value(node);
+      argv.insert(argv.end(), {"-blockdev", ValueToJson(blockdev)});
+    }
     std::string device;
     switch (d.bus()) {
       case v1::DISK_BUS_SCSI:

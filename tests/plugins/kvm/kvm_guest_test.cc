@@ -946,5 +946,60 @@ TEST_F(KvmGuestTest, GuestPanicIsReported) {
   EXPECT_FALSE(process::ProcessAlive(QemuPid(vm), "")) << "QEMU was left running";
 }
 
+// ResizeDisk on a qcow2 (file-backed) disk of a running VM: QEMU grows the image with
+// block_resize and the guest's virtio_blk reports the new capacity (kernel log, loglevel=6).
+TEST_F(KvmGuestTest, ResizeDiskGrowsADiskTheGuestSees) {
+  OpenHost();
+  const std::string vm = "rs";
+  ASSERT_TRUE(MakeGuestVolume(*host_, "rs-root", *guest_).ok());
+  v1::GetVolumeRequest get;
+  get.set_name("rs-root");
+  auto volume = storage_->GetVolume(get);
+  ASSERT_TRUE(volume.ok()) << volume.status();
+  const std::uint64_t size = volume->status().capacity_bytes();
+  ASSERT_GT(size, 0u);
+  ASSERT_TRUE(compute_->Capabilities().resize_disk());
+  ASSERT_TRUE(compute_->CreateVm(GuestVm(vm, *guest_, "rs-root", "loglevel=6")).ok());
+
+  v1::ResizeDiskRequest resize;
+  resize.set_vm(vm);
+  resize.set_volume("rs-root");
+  resize.set_size_bytes(size);
+  EXPECT_TRUE(compute_->ResizeDisk(resize).ok()) << "a stopped VM has nothing to do";
+
+  v1::StartVmRequest start;
+  start.set_name(vm);
+  ASSERT_TRUE(compute_->StartVm(start).ok());
+  ASSERT_TRUE(WaitForLine(vm, "hci-test-guest: disk ok boots=1", 1)) << Tail(vm);
+
+  resize.set_volume("other");
+  EXPECT_EQ(compute_->ResizeDisk(resize).code(), StatusCode::kNotFound);
+  resize.set_volume("rs-root");
+  resize.set_size_bytes(size - 4096);
+  Status smaller = compute_->ResizeDisk(resize);
+  EXPECT_EQ(smaller.code(), StatusCode::kInvalidArgument) << smaller;
+  EXPECT_THAT(smaller.message(), HasSubstr("size_bytes"));
+  resize.set_size_bytes(size);
+  EXPECT_TRUE(compute_->ResizeDisk(resize).ok()) << "the same size changes nothing";
+
+  const std::uint64_t bigger = size + 16 * (1 << 20);
+  resize.set_size_bytes(bigger);
+  Status grown = compute_->ResizeDisk(resize);
+  ASSERT_TRUE(grown.ok()) << grown;
+  const std::string expected = "[vda] new size: " + std::to_string(bigger / 512) + " ";
+  auto deadline = Clock::now() + 60s;
+  while (Clock::now() < deadline && Console(vm).find(expected) == std::string::npos) {
+    std::this_thread::sleep_for(100ms);
+  }
+  EXPECT_THAT(Console(vm), HasSubstr(expected));
+  auto event = events_.WaitFor(
+      [&](const v1::Event& e) { return e.reason() == "DiskResized" && e.object().name() == vm; },
+      10s);
+  ASSERT_TRUE(event.has_value());
+  EXPECT_THAT(event->message(), HasSubstr(std::to_string(bigger)));
+  const int ticks = Ticks(vm).empty() ? 0 : Ticks(vm).back();
+  EXPECT_TRUE(WaitForTick(vm, ticks + 5)) << Tail(vm);
+}
+
 }  // namespace
 }  // namespace hci::kvmtest

@@ -205,6 +205,32 @@ TEST(KvmArgvTest, AnyBlockdevIsAcceptedAndIntegersStayIntegers) {
   EXPECT_THAT(blockdev, HasSubstr(R"("cache":{"direct":true})"));
 }
 
+// An NBD export gets a raw node on top (ResizeDisk swaps the NBD node under it); the device
+// uses the raw node, which carries the disk's node name.
+TEST(KvmArgvTest, AnNbdExportIsARawNodeOverAnNbdNode) {
+  Fixture f;
+  auto spec = f.Spec();
+  spec.mutable_disks(0)->set_read_only(true);
+  v1::AttachInfo info;
+  *info.mutable_blockdev() =
+      Json(R"({"driver":"nbd","server":{"type":"unix","path":"/run/nbd.sock"}})");
+  auto argv = BuildQemuArgv(spec, {info}, f.Launch());
+  ASSERT_TRUE(argv.ok()) << argv.status();
+  auto blockdevs = ValuesOf(*argv, "-blockdev");
+  ASSERT_EQ(blockdevs.size(), 2u);
+  EXPECT_EQ(blockdevs[0], R"({"driver":"nbd","node-name":"nbd0-root","read-only":true,)"
+                          R"("server":{"path":"/run/nbd.sock","type":"unix"}})");
+  EXPECT_EQ(blockdevs[1],
+            R"({"driver":"raw","file":"nbd0-root","node-name":"disk-root","read-only":true})");
+  EXPECT_LT(IndexOf(*argv, blockdevs[1]), IndexOf(*argv,
+                                                  "virtio-blk-pci,drive=disk-root,"
+                                                  "id=disk-root,bootindex=1"));
+  EXPECT_EQ(ProtocolNodeNameFor("root", 1), "nbd1-root");
+  const std::string long_name(40, 'a');
+  EXPECT_LE(ProtocolNodeNameFor(long_name, 0).size(), 31u);
+  EXPECT_NE(ProtocolNodeNameFor(long_name, 0), ProtocolNodeNameFor(long_name, 1));
+}
+
 TEST(KvmArgvTest, CommasInPathsAreEscaped) {
   Fixture f;
   auto launch = f.Launch();
