@@ -304,6 +304,15 @@ struct VolumeOptions {
 hci::Status RunVolumeCreate(Context& ctx, const VolumeOptions& options);
 hci::Status RunVolumeResize(Context& ctx, const VolumeOptions& options);
 
+struct VolumeScrubOptions {
+  std::string name;
+  bool report_only = false;
+  bool wait = false;
+};
+/// `hcictl volume scrub NAME [--report-only] [--wait]`: starts StorageBackend::ScrubVolume;
+/// with --wait, follows its progress and prints the volume's status.last_scrub.
+hci::Status RunVolumeScrub(Context& ctx, const VolumeScrubOptions& options);
+
 struct SnapshotOptions {
   std::string action;  // create, list, delete, revert
   std::string volume;

@@ -44,6 +44,7 @@ struct Invocation {
   ConsoleOptions console;
   ImageImportOptions image;
   VolumeOptions volume;
+  VolumeScrubOptions volume_scrub;
   SnapshotOptions snapshot;
   std::string batch_file;
 };
@@ -225,6 +226,17 @@ resize->add_option("name", inv.volume.name, "Volume name")->required();
 resize->add_option("--size", inv.volume.size, "New size: bytes or 20Gi, ...")->required();
 resize->callback([&inv] {
   inv.run = [&inv](Context& ctx) { return RunVolumeResize(ctx, inv.volume); };
+});
+CLI::App* scrub = volume->add_subcommand(
+    "scrub", "Compare a volume's replicas and repair the one that differs from the others");
+scrub->add_option("name", inv.volume_scrub.name, "Volume name")->required();
+scrub->add_flag("--report-only", inv.volume_scrub.report_only,
+                "Compare and report; repair nothing");
+scrub->add_flag("--wait", inv.volume_scrub.wait,
+                "Follow the scrub to its end and print what it found (without it, a scrub that "
+                "needs this process ends when hcictl exits)");
+scrub->callback([&inv] {
+  inv.run = [&inv](Context& ctx) { return RunVolumeScrub(ctx, inv.volume_scrub); };
 });
 CLI::App* snapshot = volume->add_subcommand("snapshot", "Volume snapshots");
 snapshot->require_subcommand(1);

@@ -1,4 +1,4 @@
-// `hcictl image import`, `hcictl volume create|resize|snapshot`.
+// `hcictl image import`, `hcictl volume create|resize|scrub|snapshot`.
 #include <fmt/format.h>
 
 #include <cctype>
@@ -124,6 +124,42 @@ hci::Status RunVolumeResize(Context& ctx, const VolumeOptions& options) {
                      "resized to " + HumanBytes(volume.status().capacity_bytes() != 0
                                                     ? volume.status().capacity_bytes()
                                                     : volume.spec().size_bytes()));
+}
+
+hci::Status RunVolumeScrub(Context& ctx, const VolumeScrubOptions& options) {
+  HCI_ASSIGN_OR_RAISE(hci::StorageBackend * storage, ctx.storage());
+  v1::ScrubVolumeRequest request;
+  request.set_name(options.name);
+  request.set_report_only(options.report_only);
+  HCI_ASSIGN_OR_RAISE(hci::Operation op, storage->ScrubVolume(request));
+  if (!options.wait) {
+    // Operations live as long as the Host that started them, and hcictl's closes when it exits:
+    // a backend may go on with the scrub (the replicated one does for an attached volume) or not.
+    std::cout << "volume/" << options.name << " scrub started (operation " << op.id()
+              << "); it may end when hcictl exits: use --wait to follow it" << std::endl;
+    return hci::Status::OK();
+  }
+  hci::Status result = WaitWithProgress(op, "volume/" + options.name + " scrubbing");
+  if (!result.ok()) {
+    if (Interrupted()) return result;
+    return result.WithContext(fmt::format("volume/{}: scrub failed", options.name));
+  }
+  v1::GetVolumeRequest get;
+  get.set_name(options.name);
+  HCI_ASSIGN_OR_RAISE(v1::Volume volume, storage->GetVolume(get));
+  const v1::ScrubResult& scrub = volume.status().last_scrub();
+  if (ctx.output != OutputFormat::kTable) {
+    return PrintResult(ctx, *FindResource("volume"), volume, "scrubbed");
+  }
+  std::cout << fmt::format("volume/{} scrubbed: {} compared, {} mismatched, {} repaired{}\n",
+                           options.name, HumanBytes(scrub.bytes_compared()),
+                           HumanBytes(scrub.mismatched_bytes()), HumanBytes(scrub.repaired_bytes()),
+                           scrub.report_only() ? " (report only)" : "");
+  for (const v1::ScrubMismatch& m : scrub.mismatches()) {
+    std::cout << fmt::format("  replica {} at [{}, +{}): {}\n", m.replica(), m.offset(), m.length(),
+                             m.repaired() ? "repaired" : "not repaired");
+  }
+  return hci::Status::OK();
 }
 
 hci::Status RunSnapshot(Context& ctx, const SnapshotOptions& options) {
