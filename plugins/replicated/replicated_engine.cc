@@ -122,6 +122,26 @@ Result<rpb::EngineResponse> CallEngine(const std::string& control_socket,
   return wire::CallEngine(control_socket, request, static_cast<int>(timeout.count()));
 }
 
+Result<rpb::EngineResponse> AskAttachedEngine(const std::string& state_dir,
+                                              const std::string& volume,
+                                              const rpb::EngineRequest& request,
+                                              std::string_view what, milliseconds timeout,
+                                              std::string_view field) {
+  const std::string prefix =
+      (field.empty() ? "" : std::string(field) + ": ") + "volume \"" + volume + "\"";
+  auto answer = CallEngine(EnginePathsFor(state_dir, volume).control_socket, request, timeout);
+  if (!answer.ok()) {
+    return Unavailable(prefix + " is attached but its engine does not answer (" +
+                       answer.status().message() + "); AttachVolume again restarts it, then retry");
+  }
+  if (answer->code() != 0) {
+    return Status(
+        static_cast<StatusCode>(answer->code()),
+        prefix + ": " + (what.empty() ? "" : std::string(what) + ": ") + answer->message());
+  }
+  return answer;
+}
+
 Result<pid_t> StartEngine(const Options& options, const EnginePaths& paths,
                           const rpb::EngineConfig& config, milliseconds timeout) {
   HCI_RETURN_NOT_OK(MakeDirs(paths.dir));

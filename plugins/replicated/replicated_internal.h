@@ -9,17 +9,22 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <string_view>
+#include <thread>
+#include <utility>
 #include <vector>
 
+#include "hci/operation.h"
 #include "hci/plugin.h"
 #include "hci/result.h"
 #include "hci/status.h"
 #include "hci/storage.h"
+#include "process/process.h"
 #include "replica.pb.h"
 
 namespace hci::replicated::wire {
@@ -31,6 +36,19 @@ namespace hci::replicated::plugin {
 /// libhci's API messages (hci.v1) and the replica protocol's (hci.replicated.v1).
 namespace api = ::hci::v1;
 namespace rpb = ::hci::replicated::v1;
+
+/// Runs a function when it goes out of scope (undoing a half-done step on every return path).
+template <typename Fn>
+class ScopeExit {
+ public:
+  explicit ScopeExit(Fn fn) : fn_(std::move(fn)) {}
+  ScopeExit(const ScopeExit&) = delete;
+  ScopeExit& operator=(const ScopeExit&) = delete;
+  ~ScopeExit() { fn_(); }
+
+ private:
+  Fn fn_;
+};
 
 /// The plugin's name, as registered with HCI_PLUGIN.
 inline constexpr char kPluginName[] = "replicated";
@@ -74,6 +92,10 @@ struct Options {
   /// A replica that does not answer within this long is failed by the engine; also the
   /// plugin's own deadline for a node's answer to a quick control request.
   std::chrono::milliseconds io_timeout{5000};
+  /// A replica failed or unreachable this long (ms) is replaced by the engine with a new one on
+  /// a node holding none of the volume's replicas (Longhorn's
+  /// replica-replenishment-wait-interval); 0: never.
+  std::uint64_t replica_replenish_wait_ms = 600000;
 };
 
 /// Parses the options Struct. Every error is InvalidArgument naming the option, e.g.
@@ -167,6 +189,15 @@ Result<rpb::EngineResponse> CallEngine(const std::string& control_socket,
                                        const rpb::EngineRequest& request,
                                        std::chrono::milliseconds timeout);
 
+/// CallEngine for the engine of attached volume `volume`, with its errors explained: Unavailable
+/// when the engine does not answer ("volume "v" is attached but its engine does not answer
+/// (...); AttachVolume again restarts it, then retry"), else the engine's own code with
+/// `volume "v": <what>: <its message>` (`what` may be empty). Messages start with `field: `
+/// when `field` is not empty.
+Result<rpb::EngineResponse> AskAttachedEngine(
+    const std::string& state_dir, const std::string& volume, const rpb::EngineRequest& request,
+    std::string_view what, std::chrono::milliseconds timeout, std::string_view field = {});
+
 // ---------------------------------------------------------------------------------------------
 // Volume records (replicated_records.cc)
 
@@ -198,6 +229,12 @@ struct VolumeRecord {
   /// Metadata (uid, labels, creation time) of the snapshots made through the plugin, by name;
   /// which snapshots exist is read from the replicas.
   std::map<std::string, api::ObjectMeta> snapshots;
+  /// EngineConfig.membership_version of `members`: the engine bumps it (and rewrites its config
+  /// file) when it replaces a member by one on a spare node; the plugin adopts the file's
+  /// membership when its version is newer.
+  std::uint64_t membership_version = 0;
+  /// Replaced members whose replicas may still be on their nodes (deleted when reachable).
+  std::vector<Member> retired;
   /// Serialises the mutating calls on this volume (held across their network calls).
   std::shared_ptr<std::mutex> op = std::make_shared<std::mutex>();
 };
@@ -211,9 +248,49 @@ Status RemoveRecord(const std::string& dir, const std::string& name);
 std::vector<VolumeRecord> LoadRecords(const std::string& dir, std::vector<std::string>* errors);
 
 /// Writes `content` to `path` atomically, mode 0600.
-Status WriteFileAtomically(const std::string& path, std::string_view content);
+using ::hci::process::WriteFileAtomically;
 /// Creates `path` and its parents with mode 0700 (existing ones are kept as they are).
 Status MakeDirs(const std::string& path);
+
+// ---------------------------------------------------------------------------------------------
+// Clones (replicated_clone.cc)
+
+/// The client of a member's node: the configured one, or one at the member's recorded address.
+using NodeLookup = std::function<NodeClient&(const Member&)>;
+
+/// What a new volume is cloned from: a volume's current content or one of its snapshots.
+struct CloneSource {
+  /// The source volume's record. The caller holds its op mutex from before CloneSourceSize
+  /// until CloneInto returns, so nothing attaches, detaches, reverts or deletes it meanwhile.
+  VolumeRecord volume;
+  /// Empty: the volume's current content.
+  std::string snapshot;
+  /// The request field that named the source ("spec.source.volume" or "spec.source.snapshot"),
+  /// for messages.
+  std::string field;
+};
+
+/// The virtual size in bytes of what `source` holds: the volume's size, or the size the volume
+/// had when the snapshot was taken. NotFound naming `<field>.snapshot` when no replica that
+/// answers has the snapshot; Unavailable when no replica answers.
+Result<std::uint64_t> CloneSourceSize(const Options& options, const NodeLookup& node,
+                                      const CloneSource& source);
+
+/// Copies `source` into `targets`, the replicas of the new volume `volume` (`size_bytes`, at
+/// least the source's size), which the caller created empty at generation 1 as rebuild targets.
+/// Reads one up-to-date replica of the source (opened read-only at the snapshot; at a temporary
+/// crash-consistent snapshot taken through the engine when the source is attached and no
+/// snapshot is named, deleted again afterwards; the head when it is detached), only the extents
+/// it holds, and writes the non-zero ones to every target at generation 1; then flushes the
+/// targets, checks that their SHA-256 extent hashes agree and clears their rebuild flag.
+/// Reported as a "CloneVolume" operation on the new volume (progress in bytes of the source's
+/// allocated extents) and a "VolumeCloned" event. Errors: the nodes' (Unavailable naming the
+/// node), the engine's refusal of the snapshot (e.g. FailedPrecondition while it rebuilds),
+/// DataLoss when the targets' hashes differ, Cancelled when the operation was cancelled. On
+/// error the caller deletes the targets.
+Status CloneInto(PluginContext& context, const Options& options, const NodeLookup& node,
+                 const CloneSource& source, const std::string& volume, std::uint64_t size_bytes,
+                 const std::vector<Member>& targets);
 
 // ---------------------------------------------------------------------------------------------
 // Metrics (replicated_metrics.cc)
@@ -222,9 +299,63 @@ Status MakeDirs(const std::string& path);
 /// longhorn_volume_actual_size_bytes, longhorn_volume_capacity_bytes, longhorn_volume_state
 /// (1 creating, 2 attached, 3 detached, 6 deleting) and longhorn_volume_robustness (0 unknown,
 /// 1 healthy, 2 degraded, 3 faulted), each labelled {volume="<name>"}; then the engine's I/O
-/// counters of attached volumes (`engines`, by volume) as hci_replicated_volume_*_total.
+/// counters of attached volumes (`engines`, by volume) as hci_replicated_volume_*_total; and the
+/// newest scrub of the volumes that had one as hci_replicated_volume_last_scrub_{mismatched_bytes,
+/// repaired_bytes,timestamp_seconds}.
 std::string RenderMetrics(const std::vector<api::Volume>& volumes,
                           const std::map<std::string, rpb::EngineStatus>& engines);
+
+// ---------------------------------------------------------------------------------------------
+// Scrub (replicated_scrub.cc)
+
+/// The engine's scrub status as the API's ScrubResult (`report_only` as requested).
+api::ScrubResult ToScrubResult(const rpb::ScrubStatus& status, bool report_only);
+
+/// The scrubs a backend runs, at most one per volume: each is an Operation ("ScrubVolume",
+/// progress in bytes compared of the volume's size) followed by a thread that polls the engine
+/// doing the work, turns the mismatches it lists into ScrubMismatch events and, at the end,
+/// hands the ScrubResult to `finished` and publishes ScrubCompleted (or ScrubFailed). Callers
+/// serialise Running/Adopt/Release/Track of one volume with its op mutex. Thread-safe.
+class Scrubs {
+ public:
+  /// Called on the scrub's thread once it ended (also when it failed or was cancelled), before
+  /// the Operation finishes, so that a caller that waited sees VolumeStatus.last_scrub.
+  using Finished = std::function<void(const std::string& volume, const api::ScrubResult& result)>;
+
+  /// `io_timeout`: how long one status request to an engine may take.
+  Scrubs(PluginContext& context, std::chrono::milliseconds io_timeout, Finished finished);
+  /// Shutdown().
+  ~Scrubs();
+  Scrubs(const Scrubs&) = delete;
+  Scrubs& operator=(const Scrubs&) = delete;
+
+  /// True while a scrub of `volume` is tracked.
+  bool Running(const std::string& volume);
+  /// An attach takes over the engine a scrub of the detached volume started: true when there
+  /// was such an engine (the scrub goes on in it and no longer stops it at the end).
+  bool Adopt(const std::string& volume);
+  /// From `finished`: forgets the volume's scrub; true when it ran in an engine of its own that
+  /// the caller must now stop.
+  bool Release(const std::string& volume);
+  /// Tracks scrub `id`, which the engine at `control_socket` just started; `own_engine`: the
+  /// engine was started for the scrub alone (the volume is detached).
+  Operation Track(const std::string& volume, const std::string& control_socket, std::uint64_t id,
+                  bool report_only, bool own_engine);
+  /// Cancels every running scrub (in its engine too) and waits for their threads.
+  void Shutdown();
+
+ private:
+  struct Job;
+  void Poll(const std::shared_ptr<Job>& job);
+
+  PluginContext& ctx_;
+  const std::chrono::milliseconds io_timeout_;
+  const Finished finished_;
+  std::mutex mu_;
+  bool shutdown_ = false;
+  std::map<std::string, std::shared_ptr<Job>> jobs_;
+  std::vector<std::thread> threads_;
+};
 
 // ---------------------------------------------------------------------------------------------
 // Factory (hci_plugin_entry's PluginFactories; replicated_storage.cc)

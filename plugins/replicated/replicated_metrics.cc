@@ -2,32 +2,11 @@
 // the same, plus the engines' I/O counters.
 #include <string>
 
+#include "hci/prometheus.h"
 #include "replicated_internal.h"
 
 namespace hci::replicated::plugin {
 namespace {
-
-// Prometheus label values escape backslash, double quote and newline.
-std::string EscapeLabel(std::string_view v) {
-  std::string out;
-  for (char c : v) {
-    if (c == '\\' || c == '"') {
-      out += '\\';
-      out += c;
-    } else if (c == '\n') {
-      out += "\\n";
-    } else {
-      out += c;
-    }
-  }
-  return out;
-}
-
-void Header(std::string& out, std::string_view metric, std::string_view type,
-            std::string_view help) {
-  out.append("# HELP ").append(metric).append(" ").append(help).append("\n");
-  out.append("# TYPE ").append(metric).append(" ").append(type).append("\n");
-}
 
 // Longhorn's longhorn_volume_state values.
 int LonghornState(api::VolumePhase phase) {
@@ -72,10 +51,33 @@ std::string RenderMetrics(const std::vector<api::Volume>& volumes,
        [](const api::Volume& v) { return static_cast<std::uint64_t>(v.status().robustness()); }},
   };
   for (const Gauge& g : gauges) {
-    Header(out, g.name, "gauge", g.help);
+    AppendPrometheusHeader(&out, g.name, "gauge", g.help);
     for (const auto& v : volumes) {
-      out += std::string(g.name) + "{volume=\"" + EscapeLabel(v.metadata().name()) + "\"} " +
-             std::to_string(g.value(v)) + "\n";
+      out += std::string(g.name) + "{volume=\"" + EscapePrometheusLabel(v.metadata().name()) +
+             "\"} " + std::to_string(g.value(v)) + "\n";
+    }
+  }
+  // The newest scrub of each volume that had one (VolumeStatus.last_scrub).
+  const Gauge scrub_gauges[] = {
+      {"hci_replicated_volume_last_scrub_mismatched_bytes",
+       "Bytes, summed over replicas, that differed from the agreeing replicas in the volume's "
+       "newest scrub",
+       [](const api::Volume& v) { return v.status().last_scrub().mismatched_bytes(); }},
+      {"hci_replicated_volume_last_scrub_repaired_bytes",
+       "Bytes rewritten on differing replicas by the volume's newest scrub",
+       [](const api::Volume& v) { return v.status().last_scrub().repaired_bytes(); }},
+      {"hci_replicated_volume_last_scrub_timestamp_seconds",
+       "When the volume's newest scrub ended, in seconds since the Unix epoch",
+       [](const api::Volume& v) {
+         return static_cast<std::uint64_t>(v.status().last_scrub().end_time().seconds());
+       }},
+  };
+  for (const Gauge& g : scrub_gauges) {
+    AppendPrometheusHeader(&out, g.name, "gauge", g.help);
+    for (const auto& v : volumes) {
+      if (!v.status().has_last_scrub()) continue;
+      out += std::string(g.name) + "{volume=\"" + EscapePrometheusLabel(v.metadata().name()) +
+             "\"} " + std::to_string(g.value(v)) + "\n";
     }
   }
   struct Counter {
@@ -97,9 +99,9 @@ std::string RenderMetrics(const std::vector<api::Volume>& volumes,
        [](const rpb::EngineStatus& s) { return s.failed_ops(); }},
   };
   for (const Counter& c : counters) {
-    Header(out, c.name, "counter", c.help);
+    AppendPrometheusHeader(&out, c.name, "counter", c.help);
     for (const auto& [volume, status] : engines) {
-      out += std::string(c.name) + "{volume=\"" + EscapeLabel(volume) + "\"} " +
+      out += std::string(c.name) + "{volume=\"" + EscapePrometheusLabel(volume) + "\"} " +
              std::to_string(c.value(status)) + "\n";
     }
   }

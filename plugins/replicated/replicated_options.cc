@@ -183,6 +183,8 @@ Result<Options> ParseOptions(const google::protobuf::Struct& options,
       out.io_timeout,
       reader.Millis("io_timeout_ms", std::chrono::milliseconds(5000),
                     std::chrono::milliseconds(100), std::chrono::milliseconds(600000)));
+  HCI_ASSIGN_OR_RAISE(out.replica_replenish_wait_ms,
+                      reader.Unsigned("replica_replenish_wait_ms", 600000, 0, 1ull << 40));
   HCI_RETURN_NOT_OK(reader.RejectUnknown());
   return out;
 }

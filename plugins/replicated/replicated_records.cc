@@ -41,12 +41,6 @@ Status FromJson(const json::value* v, google::protobuf::Message* out, const std:
   return Status();
 }
 
-std::string DirOf(const std::string& path) {
-  const auto slash = path.rfind('/');
-  if (slash == std::string::npos) return ".";
-  return slash == 0 ? "/" : path.substr(0, slash);
-}
-
 void SyncDir(const std::string& dir) {
   const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) return;
@@ -100,6 +94,21 @@ Result<VolumeRecord> ParseRecord(const std::string& path, const std::string& tex
     }
     r.members.push_back(std::move(member));
   }
+  if (const json::value* v = obj->if_contains("membershipVersion");
+      v != nullptr && v->is_number()) {
+    r.membership_version = v->to_number<std::uint64_t>();
+  }
+  if (const json::value* retired = obj->if_contains("retired");
+      retired != nullptr && retired->is_array()) {
+    for (const json::value& m : retired->get_array()) {
+      const json::object* mo = m.if_object();
+      auto str = [&](const char* key) -> std::string {
+        const json::value* s = mo != nullptr ? mo->if_contains(key) : nullptr;
+        return s != nullptr && s->is_string() ? std::string(s->get_string()) : std::string();
+      };
+      if (!str("name").empty()) r.retired.push_back({str("name"), str("node"), str("address")});
+    }
+  }
   if (r.write_quorum == 0 || r.write_quorum > r.members.size()) {
     r.write_quorum = static_cast<std::uint32_t>(r.members.size() / 2 + 1);
   }
@@ -124,37 +133,6 @@ Status MakeDirs(const std::string& path) {
   return Status();
 }
 
-Status WriteFileAtomically(const std::string& path, std::string_view content) {
-  static std::atomic<std::uint64_t> counter{0};
-  const std::string dir = DirOf(path);
-  const std::string tmp = dir + "/." + path.substr(dir.size() + 1) + ".tmp." +
-                          std::to_string(::getpid()) + "." + std::to_string(++counter);
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-  if (fd < 0) return ErrnoStatus(errno, "open \"" + tmp + "\"");
-  Status status;
-  std::size_t done = 0;
-  while (status.ok() && done < content.size()) {
-    const ssize_t n = ::write(fd, content.data() + done, content.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      status = ErrnoStatus(errno, "write \"" + tmp + "\"");
-    } else {
-      done += static_cast<std::size_t>(n);
-    }
-  }
-  if (status.ok() && ::fsync(fd) != 0) status = ErrnoStatus(errno, "fsync \"" + tmp + "\"");
-  if (::close(fd) != 0 && status.ok()) status = ErrnoStatus(errno, "close \"" + tmp + "\"");
-  if (status.ok() && ::rename(tmp.c_str(), path.c_str()) != 0) {
-    status = ErrnoStatus(errno, "rename \"" + tmp + "\" to \"" + path + "\"");
-  }
-  if (!status.ok()) {
-    ::unlink(tmp.c_str());
-    return status;
-  }
-  SyncDir(dir);
-  return Status();
-}
-
 Status SaveRecord(const std::string& dir, const VolumeRecord& record) {
   json::object obj;
   obj["version"] = kRecordVersion;
@@ -175,6 +153,12 @@ Status SaveRecord(const std::string& dir, const VolumeRecord& record) {
     members.push_back(json::object{{"name", m.name}, {"node", m.node}, {"address", m.address}});
   }
   obj["members"] = std::move(members);
+  obj["membershipVersion"] = record.membership_version;
+  json::array retired;
+  for (const Member& m : record.retired) {
+    retired.push_back(json::object{{"name", m.name}, {"node", m.node}, {"address", m.address}});
+  }
+  obj["retired"] = std::move(retired);
   json::object snapshots;
   for (const auto& [name, meta] : record.snapshots) snapshots[name] = ToJson(meta);
   obj["snapshots"] = std::move(snapshots);

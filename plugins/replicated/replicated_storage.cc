@@ -11,11 +11,13 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <fstream>
 #include <future>
 #include <optional>
 #include <set>
 #include <utility>
 
+#include "hci/compute.h"
 #include "hci/names.h"
 #include "hci/object_meta.h"
 #include "replicated_internal.h"
@@ -60,27 +62,26 @@ google::protobuf::Timestamp FromUnixMs(std::int64_t ms) {
   return google::protobuf::util::TimeUtil::MillisecondsToTimestamp(ms);
 }
 
-// Runs a function when it goes out of scope.
-template <typename Fn>
-class ScopeExit {
- public:
-  explicit ScopeExit(Fn fn) : fn_(std::move(fn)) {}
-  ScopeExit(const ScopeExit&) = delete;
-  ScopeExit& operator=(const ScopeExit&) = delete;
-  ~ScopeExit() { fn_(); }
-
- private:
-  Fn fn_;
-};
-
 Status ValidateSpec(const api::VolumeSpec& spec) {
-  if (spec.source().source_case() != api::VolumeSource::SOURCE_NOT_SET) {
-    return Unimplemented(
-        "spec.source: volumes from an image, a snapshot or another volume are not implemented by "
-        "the replicated backend yet (capabilities clone and from_image are false)");
-  }
-  if (spec.size_bytes() == 0) {
-    return InvalidArgument("spec.size_bytes: must be greater than 0 for a blank volume");
+  const api::VolumeSource& source = spec.source();
+  switch (source.source_case()) {
+    case api::VolumeSource::kImage:
+      return Unimplemented(
+          "spec.source.image: volumes from an image are not implemented by the replicated "
+          "backend yet (capability from_image is false)");
+    case api::VolumeSource::kVolume:
+      HCI_RETURN_NOT_OK(ValidateName("spec.source.volume", source.volume()));
+      break;
+    case api::VolumeSource::kSnapshot:
+      HCI_RETURN_NOT_OK(ValidateName("spec.source.snapshot.volume", source.snapshot().volume()));
+      HCI_RETURN_NOT_OK(
+          ValidateName("spec.source.snapshot.snapshot", source.snapshot().snapshot()));
+      break;
+    case api::VolumeSource::SOURCE_NOT_SET:
+      if (spec.size_bytes() == 0) {
+        return InvalidArgument("spec.size_bytes: must be greater than 0 for a blank volume");
+      }
+      break;
   }
   if (spec.size_bytes() % kBlockBytes != 0) {
     return InvalidArgument("spec.size_bytes: " + std::to_string(spec.size_bytes()) +
@@ -148,7 +149,13 @@ std::string LiveParentSnapshot(const rpb::ReplicaMeta& meta, const rpb::Layer& l
 class ReplicatedStorage final : public StorageBackend {
  public:
   ReplicatedStorage(PluginContext& context, Options options, std::vector<VolumeRecord> records)
-      : ctx_(context), options_(std::move(options)), records_dir_(options_.state_dir + "/volumes") {
+      : ctx_(context),
+        options_(std::move(options)),
+        records_dir_(options_.state_dir + "/volumes"),
+        scrubs_(context, options_.io_timeout,
+                [this](const std::string& volume, const api::ScrubResult& result) {
+                  ScrubFinished(volume, result);
+                }) {
     for (const NodeOption& n : options_.nodes) {
       nodes_.emplace(n.name, std::make_unique<NodeClient>(n.name, n.address, options_.secret,
                                                           options_.io_timeout));
@@ -159,19 +166,23 @@ class ReplicatedStorage final : public StorageBackend {
     }
   }
 
+  // Scrub threads call back into this object: they end before any member goes.
+  ~ReplicatedStorage() override { scrubs_.Shutdown(); }
+
   api::StorageCapabilities Capabilities() const override {
     api::StorageCapabilities caps;
     caps.set_snapshots(true);
     caps.set_revert(true);
-    caps.set_clone(false);
+    caps.set_clone(true);
     caps.set_from_image(false);
-    caps.set_expand(false);
-    caps.set_online_expand(false);
+    caps.set_expand(true);
+    caps.set_online_expand(true);
     caps.set_replication(true);
     caps.set_max_replicas(static_cast<std::uint32_t>(options_.nodes.size()));
     caps.set_changed_blocks(true);
     caps.set_trim(true);
     caps.set_thin_provisioning(true);
+    caps.set_scrub(true);
     return caps;
   }
 
@@ -209,6 +220,25 @@ class ReplicatedStorage final : public StorageBackend {
                              " cannot reach the write_quorum option (" + std::to_string(quorum) +
                              ")");
     }
+    // A clone (replicated_clone.cc): its source stays as it is, its op mutex held, until the
+    // copy is done.
+    std::uint64_t size = spec.size_bytes();
+    std::optional<CloneSource> clone;
+    std::unique_lock<std::mutex> source_lock;
+    const NodeLookup lookup = [this](const Member& m) -> NodeClient& { return Node(m); };
+    if (spec.source().source_case() != api::VolumeSource::SOURCE_NOT_SET) {
+      HCI_ASSIGN_OR_RAISE(CloneSource source, LockCloneSource(spec, &source_lock));
+      HCI_ASSIGN_OR_RAISE(const std::uint64_t source_size,
+                          CloneSourceSize(options_, lookup, source));
+      if (size == 0) {
+        size = source_size;
+      } else if (size < source_size) {
+        return InvalidArgument("spec.size_bytes: " + std::to_string(size) +
+                               " is smaller than the source (" + std::to_string(source_size) +
+                               " bytes); a clone may be larger than its source, not smaller");
+      }
+      clone = std::move(source);
+    }
 
     std::vector<Member> members;
     std::optional<VolumeRecord> raced;
@@ -238,8 +268,10 @@ class ReplicatedStorage final : public StorageBackend {
       rpb::ControlRequest create;
       create.mutable_create()->set_replica(m.name);
       create.mutable_create()->set_volume(name);
-      create.mutable_create()->set_size_bytes(spec.size_bytes());
+      create.mutable_create()->set_size_bytes(size);
       create.mutable_create()->set_generation(1);
+      // A clone's replicas are incomplete until the copy is done: no engine may serve them.
+      create.mutable_create()->set_rebuilding(clone.has_value());
       rpb::ControlResponse response;
       Status st = Node(m).Call(create, &response, kSlowCall);
       if (!st.ok()) {
@@ -252,17 +284,25 @@ class ReplicatedStorage final : public StorageBackend {
       made.push_back(&m);
       actual = std::max(actual, response.info().actual_size_bytes());
     }
+    if (clone) {
+      Status copied = CloneInto(ctx_, options_, lookup, *clone, name, size, members);
+      if (!copied.ok()) {
+        for (const Member& m : members) DeleteReplica(m).IgnoreError();
+        return copied;
+      }
+    }
 
     VolumeRecord record;
     *record.obj.mutable_metadata() = NewObjectMeta(request.metadata());
     *record.obj.mutable_spec() = spec;
+    record.obj.mutable_spec()->set_size_bytes(size);
     record.obj.mutable_spec()->set_replica_count(count);
     record.requested = spec;
     record.write_quorum = quorum;
     record.members = members;
     auto* status = record.obj.mutable_status();
     status->set_phase(api::VOLUME_PHASE_AVAILABLE);
-    status->set_capacity_bytes(spec.size_bytes());
+    status->set_capacity_bytes(size);
     Status saved;
     {
       std::lock_guard lock(mu_);
@@ -280,9 +320,10 @@ class ReplicatedStorage final : public StorageBackend {
     std::string where;
     for (const Member& m : members) where += (where.empty() ? "" : ", ") + m.node;
     Publish(MakeEvent(api::EVENT_TYPE_NORMAL, kVolumeKind, name, "VolumeHealthy",
-                      "created " + std::to_string(spec.size_bytes()) + "-byte volume with " +
+                      "created " + std::to_string(size) + "-byte volume with " +
                           Plural(count, "replica") + " on " + where + " (write quorum " +
                           std::to_string(quorum) + ")"));
+    if (clone) return Observe(record);  // what the copy allocated
     api::Volume out = record.obj;
     out.mutable_status()->set_robustness(api::VOLUME_ROBUSTNESS_HEALTHY);
     out.mutable_status()->set_actual_size_bytes(actual);
@@ -323,6 +364,8 @@ class ReplicatedStorage final : public StorageBackend {
     auto rec = Find(name);
     if (!rec) return Status();
     if (!rec->obj.status().attached_to().empty()) return Attached(*rec, "deleting it");
+    if (auto adopted = AdoptMembership(*rec)) rec = adopted;
+    if (scrubs_.Running(name)) return Scrubbing(name, "deleting it");
     if (rec->obj.status().phase() != api::VOLUME_PHASE_DELETING) {
       // From here on the volume cannot be attached again, whatever happens to the deletes.
       HCI_RETURN_NOT_OK(Update(name, [](VolumeRecord& r) {
@@ -350,6 +393,8 @@ class ReplicatedStorage final : public StorageBackend {
                          " could not be deleted (" + joined +
                          "); the volume stays in phase Deleting: retry DeleteVolume");
     }
+    // Replicas the engine replaced and could not delete yet: best effort.
+    for (const Member& m : rec->retired) DeleteReplica(m).IgnoreError();
     {
       std::lock_guard lock(mu_);
       HCI_RETURN_NOT_OK(RemoveRecord(records_dir_, name));
@@ -375,6 +420,8 @@ class ReplicatedStorage final : public StorageBackend {
     std::lock_guard op_lock(*op);
     auto rec = Find(name);
     if (!rec) return Missing(name);
+    // A member replaced by the last engine (spare node): the next one starts with it.
+    if (auto adopted = AdoptMembership(*rec)) rec = adopted;
     const auto& status = rec->obj.status();
     if (status.phase() == api::VOLUME_PHASE_DELETING) {
       return FailedPrecondition("volume " + Quote(name) + " is being deleted");
@@ -396,6 +443,19 @@ class ReplicatedStorage final : public StorageBackend {
       HCI_RETURN_NOT_OK(StartEngine(options_, paths, EngineConfigFor(*rec), kEngineStartTimeout));
       Publish(MakeEvent(api::EVENT_TYPE_WARNING, kVolumeKind, name, "EngineRestarted",
                         "the engine of the attached volume was not running and was restarted"));
+      return Info(paths);
+    }
+    // A scrub of the detached volume runs in an engine of its own, started as an attach starts
+    // one (engineClean is already false): the attach takes it over and the scrub goes on.
+    if (scrubs_.Adopt(name) && RunningEngine(paths) > 0) {
+      HCI_RETURN_NOT_OK(Update(name, [&](VolumeRecord& r) {
+        r.obj.mutable_status()->set_attached_to(request.attacher());
+        r.obj.mutable_status()->set_phase(api::VOLUME_PHASE_ATTACHED);
+      }));
+      Publish(MakeEvent(api::EVENT_TYPE_NORMAL, kVolumeKind, name, "VolumeAttached",
+                        "attached to " + Quote(request.attacher()) +
+                            " through the engine its running scrub started, on " +
+                            paths.nbd_socket));
       return Info(paths);
     }
     // An engine without an attachment was left by an attach that did not finish.
@@ -442,6 +502,7 @@ class ReplicatedStorage final : public StorageBackend {
     const EnginePaths paths = EnginePathsFor(options_.state_dir, name);
     const bool running = RunningEngine(paths) > 0;
     const bool clean = StopEngine(paths, kEngineStopGrace);
+    AdoptMembership(*rec);
     HCI_RETURN_NOT_OK(Update(name, [&](VolumeRecord& r) {
       r.obj.mutable_status()->clear_attached_to();
       r.obj.mutable_status()->set_phase(api::VOLUME_PHASE_AVAILABLE);
@@ -455,6 +516,83 @@ class ReplicatedStorage final : public StorageBackend {
                                 : "the engine was not running when the volume was detached"));
     }
     return Status();
+  }
+
+  // Attached: the engine grows every serving replica (a replica that misses it is failed and
+  // grown by its rebuild), then the VM is told. Detached: every replica directly; a node that
+  // does not answer leaves the record at the old size, and a retry grows the rest (growing is
+  // idempotent per replica, and an engine serves the largest size any replica has). The record
+  // changes only once the replicas have the size.
+  Result<api::Volume> ExpandVolume(const api::ExpandVolumeRequest& request) override {
+    const std::string& name = request.name();
+    HCI_RETURN_NOT_OK(ValidateName("name", name));
+    const std::uint64_t size = request.size_bytes();
+    if (size == 0 || size % kBlockBytes != 0) {
+      return InvalidArgument("size_bytes: " + std::to_string(size) +
+                             " is not a positive multiple of 4096");
+    }
+    if (size > kMaxVolumeBytes) {
+      return InvalidArgument("size_bytes: " + std::to_string(size) +
+                             " is more than the largest volume this backend creates (" +
+                             std::to_string(kMaxVolumeBytes) + " bytes, 1 PiB)");
+    }
+    auto op = OpMutex(name);
+    if (!op) return Missing(name);
+    std::lock_guard op_lock(*op);
+    auto rec = Find(name);
+    if (!rec) return Missing(name);
+    if (rec->obj.status().phase() == api::VOLUME_PHASE_DELETING) {
+      return FailedPrecondition("volume " + Quote(name) + " is being deleted");
+    }
+    const std::uint64_t current = rec->obj.spec().size_bytes();
+    if (size < current) {
+      return InvalidArgument("size_bytes: " + std::to_string(size) +
+                             " is smaller than the current size " + std::to_string(current) +
+                             " of volume " + Quote(name) + " (volumes only grow)");
+    }
+    const std::string attacher = rec->obj.status().attached_to();
+    if (size > current && !attacher.empty()) {
+      rpb::EngineRequest expand;
+      expand.set_expand(size);
+      HCI_RETURN_NOT_OK(
+          AskAttachedEngine(options_.state_dir, name, expand, "", kSlowCall).status());
+    } else if (size > current) {
+      std::vector<std::string> failures;
+      for (const Member& m : rec->members) {
+        rpb::ControlRequest expand;
+        expand.mutable_expand()->set_replica(m.name);
+        expand.mutable_expand()->set_size_bytes(size);
+        rpb::ControlResponse response;
+        Status st = Node(m).Call(expand, &response, kSlowCall);
+        if (!st.ok()) {
+          failures.push_back("replica " + m.name + " on node " + m.node + ": " + st.message());
+        }
+      }
+      if (!failures.empty()) {
+        std::string joined;
+        for (const auto& f : failures) joined += (joined.empty() ? "" : "; ") + f;
+        return Unavailable("volume " + Quote(name) + ": " + Plural(failures.size(), "replica") +
+                           " could not be grown (" + joined + "); the volume keeps its size " +
+                           std::to_string(current) +
+                           " until a retried ExpandVolume grows every replica");
+      }
+    }
+    if (size > current) {
+      HCI_RETURN_NOT_OK(Update(name, [&](VolumeRecord& r) {
+        r.obj.mutable_spec()->set_size_bytes(size);
+        r.obj.mutable_status()->set_capacity_bytes(size);
+      }));
+      rec->obj.mutable_spec()->set_size_bytes(size);
+      rec->obj.mutable_status()->set_capacity_bytes(size);
+      Publish(MakeEvent(
+          api::EVENT_TYPE_NORMAL, kVolumeKind, name, "VolumeExpanded",
+          "expanded from " + std::to_string(current) + " to " + std::to_string(size) + " bytes" +
+              (attacher.empty() ? " (detached)"
+                                : " (attached to " + Quote(attacher) + ", through the engine)")));
+    }
+    // Also for the same size: a retry tells a VM that missed the first notification.
+    if (!attacher.empty()) TellAttacher(name, attacher, size);
+    return Observe(*rec);
   }
 
   // -------------------------------------------------------------------------------------------
@@ -483,20 +621,11 @@ class ReplicatedStorage final : public StorageBackend {
       }
     }
     if (!rec->obj.status().attached_to().empty()) {
-      const EnginePaths paths = EnginePathsFor(options_.state_dir, volume);
       rpb::EngineRequest take;
       take.set_snapshot(snap);
-      auto answer = CallEngine(paths.control_socket, take, kSlowCall);
-      if (!answer.ok()) {
-        return Unavailable(
-            "volume " + Quote(volume) + " is attached but its engine does not answer (" +
-            answer.status().message() + "); AttachVolume again restarts it, then retry");
-      }
-      if (answer->code() != 0) {
-        return Status(
-            static_cast<StatusCode>(answer->code()),
-            "volume " + Quote(volume) + ": snapshot " + Quote(snap) + ": " + answer->message());
-      }
+      HCI_RETURN_NOT_OK(
+          AskAttachedEngine(options_.state_dir, volume, take, "snapshot " + Quote(snap), kSlowCall)
+              .status());
     } else {
       HCI_ASSIGN_OR_RAISE(auto views, InStep(*rec, "taking snapshot " + Quote(snap)));
       (void)views;
@@ -636,6 +765,14 @@ class ReplicatedStorage final : public StorageBackend {
       revert.mutable_revert()->set_snapshot(snap);
       rpb::ControlResponse response;
       Status st = Node(m).Call(revert, &response, kSlowCall);
+      if (st.ok() && response.info().meta().size_bytes() < rec->obj.spec().size_bytes()) {
+        // A snapshot from before an ExpandVolume is smaller: the volume keeps its size (the
+        // space beyond the snapshot reads zeroes), as volumes only grow.
+        rpb::ControlRequest expand;
+        expand.mutable_expand()->set_replica(m.name);
+        expand.mutable_expand()->set_size_bytes(rec->obj.spec().size_bytes());
+        st = Node(m).Call(expand, &response, kSlowCall);
+      }
       if (!st.ok())
         failures.push_back("replica " + m.name + " on node " + m.node + ": " + st.message());
     }
@@ -652,6 +789,75 @@ class ReplicatedStorage final : public StorageBackend {
     Publish(MakeEvent(api::EVENT_TYPE_NORMAL, kVolumeKind, volume, "VolumeReverted",
                       "every replica reverted to snapshot " + Quote(snap)));
     return Observe(*rec);
+  }
+
+  // The scrub itself runs in the volume's engine (engine/engine_scrub.cc); a detached volume gets
+  // an engine of its own for it, without an attacher. The operation's thread is in
+  // replicated_scrub.cc.
+  Result<Operation> ScrubVolume(const api::ScrubVolumeRequest& request) override {
+    const std::string& name = request.name();
+    HCI_RETURN_NOT_OK(ValidateName("name", name));
+    auto op = OpMutex(name);
+    if (!op) return Missing(name);
+    std::lock_guard op_lock(*op);
+    auto rec = Find(name);
+    if (!rec) return Missing(name);
+    if (rec->obj.status().phase() == api::VOLUME_PHASE_DELETING) {
+      return FailedPrecondition("volume " + Quote(name) + " is being deleted");
+    }
+    if (scrubs_.Running(name)) {
+      return Aborted("volume " + Quote(name) +
+                     ": a scrub is running; wait for its operation or cancel it");
+    }
+    if (rec->members.size() < 2) {
+      return FailedPrecondition("volume " + Quote(name) +
+                                " has one replica; a scrub compares at least two");
+    }
+    if (!rec->pending_revert.empty()) {
+      return FailedPrecondition("volume " + Quote(name) + ": a revert to snapshot " +
+                                Quote(rec->pending_revert) +
+                                " has not reached every replica; retry RevertVolume first");
+    }
+    const EnginePaths paths = EnginePathsFor(options_.state_dir, name);
+    const bool attached = !rec->obj.status().attached_to().empty();
+    if (attached) {
+      if (RunningEngine(paths) <= 0) {
+        return Unavailable("volume " + Quote(name) +
+                           " is attached but its engine is not running; AttachVolume again "
+                           "restarts it");
+      }
+    } else {
+      // As AttachVolume does: the engine resynchronises the replicas before it serves, so a
+      // scrub never reports what an unclean stop left in flight.
+      if (RunningEngine(paths) > 0) {
+        const bool clean = StopEngine(paths, kEngineStopGrace);
+        HCI_RETURN_NOT_OK(Update(name, [&](VolumeRecord& r) { r.engine_clean = clean; }));
+        rec->engine_clean = clean;
+      }
+      const bool was_clean = rec->engine_clean;
+      HCI_RETURN_NOT_OK(Update(name, [](VolumeRecord& r) { r.engine_clean = false; }));
+      auto started = StartEngine(options_, paths, EngineConfigFor(*rec), kEngineStartTimeout);
+      if (!started.ok()) {
+        Update(name, [&](VolumeRecord& r) { r.engine_clean = was_clean; }).IgnoreError();
+        return started.status().WithContext("volume " + Quote(name) + ": starting its engine");
+      }
+    }
+    rpb::EngineRequest start;
+    start.mutable_scrub()->set_report_only(request.report_only());
+    auto answer = CallEngine(paths.control_socket, start, options_.io_timeout);
+    Status st = !answer.ok() ? answer.status()
+                : answer->code() != 0
+                    ? Status(static_cast<StatusCode>(answer->code()), answer->message())
+                    : Status();
+    if (!st.ok()) {
+      if (!attached) {
+        const bool clean = StopEngine(paths, kEngineStopGrace);
+        Update(name, [&](VolumeRecord& r) { r.engine_clean = clean; }).IgnoreError();
+      }
+      return st.WithContext("volume " + Quote(name) + ": scrub");
+    }
+    return scrubs_.Track(name, paths.control_socket, answer->status().scrub().id(),
+                         request.report_only(), !attached);
   }
 
   Result<api::ChangedBlocks> GetChangedBlocks(
@@ -696,6 +902,62 @@ class ReplicatedStorage final : public StorageBackend {
 
   void Publish(const api::Event& event) { ctx_.events().Publish(event); }
 
+  static Status Scrubbing(const std::string& name, std::string_view action) {
+    return FailedPrecondition("volume " + Quote(name) +
+                              " is being scrubbed; wait for the ScrubVolume operation or cancel it "
+                              "before " +
+                              std::string(action));
+  }
+
+  // The end of a scrub (from its thread): its result goes into the record, and an engine that
+  // was started for it alone is stopped again.
+  void ScrubFinished(const std::string& name, const api::ScrubResult& result) {
+    auto op = OpMutex(name);
+    if (!op) {
+      scrubs_.Release(name);
+      return;
+    }
+    std::lock_guard op_lock(*op);
+    const bool own_engine = scrubs_.Release(name);
+    Status saved = Update(
+        name, [&](VolumeRecord& r) { *r.obj.mutable_status()->mutable_last_scrub() = result; });
+    if (!saved.ok()) ctx_.logger().Warn(kVolumeKind, name, "scrub result: " + saved.message());
+    auto rec = Find(name);
+    if (own_engine && rec && rec->obj.status().attached_to().empty()) {
+      const bool clean = StopEngine(EnginePathsFor(options_.state_dir, name), kEngineStopGrace);
+      Update(name, [&](VolumeRecord& r) { r.engine_clean = clean; }).IgnoreError();
+    }
+  }
+
+  // After an attached volume grew: the compute backend makes its VM's QEMU take the new size
+  // (the engine's existing NBD connections keep the old one). The volume did grow whatever
+  // happens here, so a failure is a Warning event (ExpandVolume still succeeds): the guest sees
+  // the new size at its next start, or when ExpandVolume is called again with the same size.
+  void TellAttacher(const std::string& volume, const std::string& attacher, std::uint64_t size) {
+    ComputeBackend* compute = ctx_.compute();
+    if (compute == nullptr) return;  // no VMs here: a client sees the size when it reconnects
+    api::ResizeDiskRequest resize;
+    resize.set_vm(attacher);
+    resize.set_volume(volume);
+    resize.set_size_bytes(size);
+    Status st = compute->ResizeDisk(resize);
+    if (st.ok()) return;
+    if (st.code() == StatusCode::kNotFound) {
+      // The attacher is not a VM with a disk on this volume (a backup, an import, a test).
+      ctx_.logger().Info(kVolumeKind, volume,
+                         "attacher " + Quote(attacher) +
+                             " is not a VM using the volume; new NBD connections see the new "
+                             "size: " +
+                             st.message());
+      return;
+    }
+    Publish(MakeEvent(api::EVENT_TYPE_WARNING, kVolumeKind, volume, "ResizeDiskFailed",
+                      "the volume grew to " + std::to_string(size) + " bytes but VM " +
+                          Quote(attacher) + " was not told (" + st.ToString() +
+                          "); its guest sees the new size after its next start, or when "
+                          "ExpandVolume is called again with the same size"));
+  }
+
   static Status Missing(const std::string& name, std::string_view field = {}) {
     std::string message = field.empty() ? "" : std::string(field) + ": ";
     return NotFound(message + "volume " + Quote(name) + " does not exist");
@@ -705,6 +967,38 @@ class ReplicatedStorage final : public StorageBackend {
     return FailedPrecondition("volume " + Quote(rec.obj.metadata().name()) + " is attached to " +
                               Quote(rec.obj.status().attached_to()) + "; detach it before " +
                               std::string(action));
+  }
+
+  // The source a clone's spec names, with that volume's op mutex locked into `*lock`. NotFound
+  // naming spec.source.volume or spec.source.snapshot when the volume does not exist.
+  Result<CloneSource> LockCloneSource(const api::VolumeSpec& spec,
+                                      std::unique_lock<std::mutex>* lock) {
+    CloneSource source;
+    std::string volume;
+    if (spec.source().has_snapshot()) {
+      volume = spec.source().snapshot().volume();
+      source.snapshot = spec.source().snapshot().snapshot();
+      source.field = "spec.source.snapshot";
+    } else {
+      volume = spec.source().volume();
+      source.field = "spec.source.volume";
+    }
+    auto op = OpMutex(volume);
+    if (!op) return Missing(volume, source.field);
+    *lock = std::unique_lock<std::mutex>(*op);
+    auto rec = Find(volume);
+    if (!rec) return Missing(volume, source.field);
+    // A member the last engine replaced by one on a spare node is read (and a temporary
+    // snapshot deleted) where it is now.
+    if (auto adopted = AdoptMembership(*rec)) rec = adopted;
+    // A detached scrub repairs replicas' heads directly: the head read by the copy must not
+    // change under it. Snapshots and attached volumes (read at a snapshot) are not affected.
+    if (source.snapshot.empty() && rec->obj.status().attached_to().empty() &&
+        scrubs_.Running(volume)) {
+      return Scrubbing(volume, "cloning it").WithContext(source.field);
+    }
+    source.volume = std::move(*rec);
+    return source;
   }
 
   std::optional<VolumeRecord> Find(const std::string& name) {
@@ -822,6 +1116,9 @@ class ReplicatedStorage final : public StorageBackend {
   // are in step (same generation, none half rebuilt, the last engine stopped cleanly).
   Result<std::vector<ReplicaView>> InStep(const VolumeRecord& rec, const std::string& action) {
     const std::string volume = Quote(rec.obj.metadata().name());
+    if (scrubs_.Running(rec.obj.metadata().name())) {
+      return Scrubbing(rec.obj.metadata().name(), action);
+    }
     if (!rec.engine_clean) {
       return FailedPrecondition(
           "volume " + volume +
@@ -910,13 +1207,76 @@ class ReplicatedStorage final : public StorageBackend {
     config.set_rebuild_bytes_per_second(options_.rebuild_bytes_per_second);
     config.set_io_timeout_ms(static_cast<std::uint32_t>(options_.io_timeout.count()));
     config.set_start_timeout_ms(kEngineReplicaWaitMs);
+    // `rec` is the record as it was before the start marked it unclean.
+    config.set_clean_start(rec.engine_clean);
     for (const Member& m : rec.members) {
       auto* r = config.add_replicas();
       r->set_name(m.name);
       r->set_node(m.node);
       r->set_address(Node(m).address());
     }
+    // Replenishment: the engine replaces a member failed for longer than the wait by a new
+    // replica on one of these (nodes holding none of this volume's replicas), in this order.
+    config.set_replica_replenish_wait_ms(options_.replica_replenish_wait_ms);
+    config.set_membership_version(rec.membership_version);
+    for (const NodeOption& n : options_.nodes) {
+      if (std::none_of(rec.members.begin(), rec.members.end(),
+                       [&](const Member& m) { return m.node == n.name; })) {
+        auto* spare = config.add_spares();
+        spare->set_node(n.name);
+        spare->set_address(n.address);
+      }
+    }
+    for (const Member& m : rec.retired) {
+      auto* r = config.add_retired();
+      r->set_name(m.name);
+      r->set_node(m.node);
+      r->set_address(m.address);
+    }
     return config;
+  }
+
+  // The engine replaced a member by a replica on a spare node and rewrote its config file with
+  // a newer membership_version: the record takes that membership (persisted), so that the next
+  // engine start and GetVolume use it. Nullopt when there is nothing newer.
+  std::optional<VolumeRecord> AdoptMembership(const VolumeRecord& rec) {
+    const std::string& name = rec.obj.metadata().name();
+    const EnginePaths paths = EnginePathsFor(options_.state_dir, name);
+    std::ifstream in(paths.config, std::ios::binary);
+    rpb::EngineConfig config;
+    if (!in || !config.ParseFromIstream(&in) || config.volume() != name ||
+        config.membership_version() <= rec.membership_version ||
+        config.replicas_size() != static_cast<int>(rec.members.size())) {
+      return std::nullopt;
+    }
+    std::optional<VolumeRecord> adopted;
+    std::string moved;
+    Status st = Update(name, [&](VolumeRecord& r) {
+      for (int i = 0; i < config.replicas_size(); ++i) {
+        const auto& c = config.replicas(i);
+        if (r.members[i].name != c.name() || r.members[i].node != c.node()) {
+          moved += (moved.empty() ? "" : ", ") + r.members[i].name + " on node " +
+                   r.members[i].node + " by " + c.name() + " on node " + c.node();
+        }
+        r.members[i] = Member{c.name(), c.node(), c.address()};
+      }
+      r.retired.clear();
+      for (const auto& c : config.retired()) r.retired.push_back({c.name(), c.node(), c.address()});
+      r.membership_version = config.membership_version();
+      adopted = r;
+    });
+    if (!st.ok()) {
+      ctx_.logger().Warn(kVolumeKind, name,
+                         "the engine's new membership is not recorded: " + st.message());
+      return std::nullopt;
+    }
+    if (!moved.empty()) {
+      Publish(MakeEvent(api::EVENT_TYPE_NORMAL, kVolumeKind, name, "ReplicaReplaced",
+                        "a replica failed for longer than replica_replenish_wait_ms was replaced "
+                        "by one on a spare node: " +
+                            moved));
+    }
+    return adopted;
   }
 
   static api::AttachInfo Info(const EnginePaths& paths) {
@@ -951,8 +1311,11 @@ class ReplicatedStorage final : public StorageBackend {
 
   // The record's volume with its replicas, robustness and allocation observed now: from the
   // running engine when attached (its view of each member), else from each replica's node.
-  api::Volume Observe(const VolumeRecord& rec,
+  api::Volume Observe(const VolumeRecord& observed,
                       std::optional<rpb::EngineStatus>* engine_out = nullptr) {
+    std::optional<VolumeRecord> adopted;
+    if (!observed.obj.status().attached_to().empty()) adopted = AdoptMembership(observed);
+    const VolumeRecord& rec = adopted ? *adopted : observed;
     const std::string& name = rec.obj.metadata().name();
     api::Volume out = rec.obj;
     api::VolumeStatus* status = out.mutable_status();
@@ -969,6 +1332,14 @@ class ReplicatedStorage final : public StorageBackend {
       auto answer = EngineStatusOf(rec);
       if (answer.ok()) {
         engine = *answer;
+        // A scrub that finished in the engine after the recorded one (its operation ended with
+        // an earlier Host): shown, not stored.
+        const rpb::ScrubStatus& scrub = engine->scrub();
+        if (scrub.id() != 0 && !scrub.running() &&
+            scrub.finished_unix_ms() > google::protobuf::util::TimeUtil::TimestampToMilliseconds(
+                                           status->last_scrub().end_time())) {
+          *status->mutable_last_scrub() = ToScrubResult(scrub, scrub.report_only());
+        }
       } else {
         problems.push_back("the engine of the attached volume does not answer (" +
                            answer.status().message() + "); AttachVolume again restarts it");
@@ -1152,6 +1523,8 @@ class ReplicatedStorage final : public StorageBackend {
   std::map<std::string, Observed> observed_;
   // Clients of nodes that are no longer configured, by "<node>@<address>".
   std::map<std::string, std::unique_ptr<NodeClient>> unconfigured_;
+  // Last: its threads call back into the members above.
+  Scrubs scrubs_;
 };
 
 }  // namespace

@@ -42,6 +42,12 @@ struct ControlServer::State {
           case v1::EngineRequest::kSnapshot:
             st = engine->Snapshot(request.snapshot());
             break;
+          case v1::EngineRequest::kExpand:
+            st = engine->Expand(request.expand());
+            break;
+          case v1::EngineRequest::kScrub:
+            st = engine->Scrub(request.scrub());
+            break;
           default:
             st = Unimplemented("request: not implemented by this engine");
         }

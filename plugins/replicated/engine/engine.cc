@@ -9,25 +9,32 @@
 //   so that a copy of an old block never lands after a newer write of the same block.
 #include "engine/engine.h"
 
+#include <fcntl.h>
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <array>
 #include <atomic>
 #include <cerrno>
+#include <charconv>
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <shared_mutex>
 #include <thread>
 #include <unordered_map>
 #include <vector>
 
+#include "engine/scrub_internal.h"
+#include "process/process.h"
 #include "store/replica_store.h"
 #include "wire/replica_wire.h"
 
@@ -187,6 +194,12 @@ struct Member {
   std::atomic<std::uint64_t> next_link{0};
   std::atomic<std::uint64_t> rebuild_done{0};
   std::atomic<std::uint64_t> rebuild_total{0};
+  // The first snapshot taken while this member rebuilds (it takes it too): what the rebuild
+  // still copies into the head from then on goes into that snapshot's layer instead. Changed
+  // under the exclusive gate.
+  std::string rebuild_into;
+  // Not serving since this time (Unix ms; 0 while serving): replenishment waits on it.
+  std::int64_t failed_since_ms = 0;
 
   Link* PickLink() { return links[next_link++ % links.size()].get(); }
   bool Serving() const {
@@ -201,6 +214,89 @@ std::vector<Extent> ToExtents(const v1::ExtentList& list) {
   for (int i = 0; i < n; ++i) out.push_back({list.offsets(i), list.lengths(i)});
   return out;
 }
+
+// Sorted, merged intersection of two sorted, merged extent lists.
+std::vector<Extent> Intersect(const std::vector<Extent>& a, const std::vector<Extent>& b) {
+  std::vector<Extent> out;
+  std::size_t i = 0, j = 0;
+  while (i < a.size() && j < b.size()) {
+    const std::uint64_t lo = std::max(a[i].offset, b[j].offset);
+    const std::uint64_t hi = std::min(a[i].offset + a[i].length, b[j].offset + b[j].length);
+    if (lo < hi) out.push_back({lo, hi - lo});
+    if (a[i].offset + a[i].length < b[j].offset + b[j].length) {
+      ++i;
+    } else {
+      ++j;
+    }
+  }
+  return out;
+}
+
+// A snapshot layer of a replica's head chain.
+struct ChainSnapshot {
+  std::string name;
+  std::uint64_t generation = 0;
+  std::int64_t created_unix_ms = 0;
+};
+
+// The named (not removed) snapshots of the head's chain, oldest first.
+std::vector<ChainSnapshot> SnapshotChain(const v1::ReplicaMeta& meta) {
+  std::vector<ChainSnapshot> out;
+  std::uint64_t id = meta.head_layer();
+  for (int guard = 0; id != 0 && guard <= meta.layers_size(); ++guard) {
+    const v1::Layer* layer = nullptr;
+    for (const auto& l : meta.layers()) {
+      if (l.id() == id) layer = &l;
+    }
+    if (layer == nullptr) break;
+    if (id != meta.head_layer() && !layer->snapshot().empty() && !layer->removed()) {
+      out.push_back({layer->snapshot(), layer->generation(), layer->created_unix_ms()});
+    }
+    id = layer->parent();
+  }
+  std::reverse(out.begin(), out.end());
+  return out;
+}
+
+std::vector<std::string> Names(const std::vector<ChainSnapshot>& chain) {
+  std::vector<std::string> out;
+  for (const auto& c : chain) out.push_back(c.name);
+  return out;
+}
+
+// What a rebuild copies into one layer of the target: a snapshot's own layer, or ("") the head.
+struct LayerCopy {
+  std::string snapshot;
+  std::vector<Extent> extents;
+};
+
+// How the target's snapshot chain was brought in line with the source's (EngineImpl::
+// AlignLayers): `chain` is the source's, oldest first; the target's layers from `first_new` on
+// were created by this rebuild. `freeze`: the first of them is the target's old head (it fell
+// behind before every one of them was taken), so only its changed chunks need copying.
+struct LayerPlan {
+  std::vector<std::string> chain;
+  std::size_t first_new = 0;
+  bool freeze = false;
+};
+
+// Connections a rebuild opens to read a snapshot's view or fill a snapshot's layer.
+struct LayerConns {
+  struct Entry {
+    std::string key;  // member name, snapshot, "w" for layer writes
+    std::unique_ptr<wire::Connection> conn;
+  };
+  std::vector<Entry> entries;
+  wire::Connection* Find(const std::string& key) {
+    for (auto& e : entries) {
+      if (e.key == key) return e.conn.get();
+    }
+    return nullptr;
+  }
+  void Drop(const std::string& key) {
+    std::erase_if(entries, [&](const Entry& e) { return e.key == key; });
+  }
+};
 
 // Sorted, merged union of two extent lists.
 std::vector<Extent> Union(std::vector<Extent> a, const std::vector<Extent>& b) {
@@ -222,7 +318,7 @@ std::vector<Extent> Union(std::vector<Extent> a, const std::vector<Extent>& b) {
 
 }  // namespace
 
-class EngineImpl {
+class EngineImpl : public ScrubEngine {
  public:
   EngineImpl(v1::EngineConfig config, std::string secret)
       : config_(std::move(config)), secret_(std::move(secret)) {}
@@ -237,8 +333,20 @@ class EngineImpl {
                 std::span<const std::uint8_t> payload, bool fua);
   v1::EngineStatus GetStatus() const;
   Status Snapshot(const std::string& name);
+  Status Scrub(const v1::EngineScrub& request);
+  Status Expand(std::uint64_t size_bytes);
+
+  // ScrubEngine (engine/scrub_internal.h).
+  std::uint64_t VolumeBytes() const override { return size_bytes_.load(); }
+  int HealthyMembers() override;
+  void BeginScrub() override;
+  void EndScrub() override { --scrubs_active_; }
+  Status WithExtent(std::uint64_t offset, std::uint64_t length,
+                    const std::function<Status(ScrubExtent&)>& fn) override;
 
  private:
+  class ScrubAccess;
+
   Status CheckRange(std::uint64_t offset, std::uint64_t count) const;
   // Dials the member's control connection and `links` data connections; returns its meta.
   Result<v1::ReplicaMeta> Connect(Member& m);
@@ -249,13 +357,47 @@ class EngineImpl {
   // persisted it (a member that fails to is failed itself and the bump repeated).
   void BumpGenerationLocked();
   void MarkFailedLocked(Member& m, const Status& why);
+  // Under the exclusive gate: grows one replica (control `expand`; OK when it is that size).
+  Status GrowLocked(Member& m, std::uint64_t size_bytes);
+  // Under the exclusive gate: grows every serving member to `size_bytes` (those that fail are
+  // failed, with a generation bump), then the engine's size when a healthy member grew.
+  void ExpandServingLocked(std::uint64_t size_bytes);
+  // Under the exclusive gate, for a member about to serve whose replica is `have` bytes: grows
+  // it to the volume's size, or, when it is larger (it took an expand that the others missed),
+  // grows the volume to its size: the volume's size is the largest any replica has.
+  Status MatchSizeLocked(Member& m, std::uint64_t have);
   void SetStateLocked(Member& m, v1::MemberState state, std::string message);
   // Copies into `target` from a healthy member what it lacks since generation `since` (a full
   // copy when `full` or when either side's history does not go back that far).
   Status Rebuild(Member& target, std::uint64_t since, bool full);
+  // Before a rebuild joins: makes the target's snapshot chain the source's (snapshots the
+  // source lacks are deleted on the target, missing ones created in order, the target marked
+  // rebuilding first) and says what the layers need.
+  Status AlignLayers(Member& source, Member& target, std::uint64_t since, bool full,
+                     LayerPlan* plan);
+  // What to copy into each of the target's layers, oldest first, the head last.
+  Result<std::vector<LayerCopy>> PlanCopy(Member& source, Member& target, std::uint64_t since,
+                                          bool full, const LayerPlan& plan);
+  Result<std::vector<Extent>> Owned(Member& m, const std::string& from, const std::string& to);
+  // Copies one chunk of snapshot `snapshot`'s view from a healthy member into the target's
+  // layer of that snapshot (frozen on both: no stripe lock needed).
+  Status CopyLayerExtent(Member& target, const std::string& snapshot, std::uint64_t offset,
+                         std::uint64_t length, LayerConns* conns);
+  Result<wire::Connection*> LayerConn(Member& m, const std::string& snapshot, bool writes,
+                                      LayerConns* conns);
+  // Replica replenishment: replaces member `m` (failed longer than the replenish wait) by a new
+  // replica on a spare node. False when no spare could take it (the member stays as it is).
+  // `*note` says why not when no spare could be used.
+  bool Replenish(Member& m, std::string* note);
+  std::string NewReplicaNameLocked() const;
+  void DeleteRetired();
+  // Writes config_ to its file atomically (membership changes). Under the exclusive gate.
+  Status PersistConfigLocked();
   Result<std::vector<Extent>> ExtentsToCopy(Member& source, Member& target, std::uint64_t since,
                                             bool full);
-  Status CopyExtent(Member& target, std::uint64_t offset, std::uint64_t length);
+  // `*into` is set instead of copying once the target took a snapshot during the rebuild
+  // (Member::rebuild_into): the caller copies into that layer.
+  Status CopyExtent(Member& target, std::uint64_t offset, std::uint64_t length, std::string* into);
   Member* HealthySource();
   void LockStripes(std::uint64_t offset, std::uint64_t count, std::vector<std::size_t>* locked);
   void UnlockStripes(const std::vector<std::size_t>& locked);
@@ -285,6 +427,9 @@ class EngineImpl {
   // missed nothing the healthy members did not get, so its own history is not needed.
   std::uint64_t start_generation_ = 0;
   std::atomic<int> rebuilds_active_{0};
+  // While non-zero, writes take the stripe locks so that a scrub can hold off one extent.
+  std::atomic<int> scrubs_active_{0};
+  std::unique_ptr<Scrubber> scrubber_;
   std::chrono::milliseconds epoch_{1000};
   std::atomic<std::int64_t> epoch_began_ns_{0};
   std::array<std::mutex, kStripes> stripes_;
@@ -299,6 +444,11 @@ class EngineImpl {
   bool stopping_ = false;
   std::thread watchdog_;
   std::thread maintenance_;
+
+  // Replenishment (under state_mu_; changed by the maintenance thread under the exclusive gate).
+  std::uint64_t membership_version_ = 0;
+  std::vector<v1::EngineReplica> retired_;
+  Clock::time_point next_retired_attempt_{};  // maintenance thread only
 };
 
 Status EngineImpl::CheckRange(std::uint64_t offset, std::uint64_t count) const {
@@ -380,9 +530,12 @@ Status EngineImpl::Init() {
   epoch_began_ns_ = Clock::now().time_since_epoch().count();
   size_bytes_ = config_.size_bytes();
   started_unix_ms_ = NowUnixMs();
+  membership_version_ = config_.membership_version();
+  retired_.assign(config_.retired().begin(), config_.retired().end());
   for (const auto& r : config_.replicas()) {
     auto m = std::make_unique<Member>();
     m->config = r;
+    m->failed_since_ms = started_unix_ms_;
     members_.push_back(std::move(m));
   }
 
@@ -441,7 +594,21 @@ Status EngineImpl::Init() {
   {
     std::unique_lock gate(gate_);
     generation_ = top;
+    // An expand that reached some replicas only: the source grows to the largest size too.
+    if (Status st = MatchSizeLocked(src, metas[*source]->size_bytes()); !st.ok()) {
+      return st.WithContext("volume " + config_.volume() + ": source replica " + src.config.name());
+    }
     SetStateLocked(src, v1::MEMBER_STATE_HEALTHY, "source of generation " + std::to_string(top));
+    // The last engine stopped cleanly: the other members of the newest generation hold the same
+    // writes and serve at once, without a resynchronisation from the source.
+    for (std::uint32_t i = 0; i < n && config_.clean_start(); ++i) {
+      if (i != *source && metas[i] && !metas[i]->rebuilding() && metas[i]->generation() == top &&
+          metas[i]->size_bytes() == size_bytes_.load()) {
+        SetStateLocked(*members_[i], v1::MEMBER_STATE_HEALTHY,
+                       "in step with the source at generation " + std::to_string(top) +
+                           " (the last engine stopped cleanly)");
+      }
+    }
     // A new generation for this engine's run: replicas left behind by it stay distinguishable.
     BumpGenerationLocked();
     start_generation_ = generation_;
@@ -456,7 +623,8 @@ Status EngineImpl::Init() {
   // Replicas of the same generation may differ in the writes in flight when the last engine
   // stopped (never acknowledged, but they must agree): bring them in line before serving.
   for (std::uint32_t i = 0; i < n; ++i) {
-    if (i == *source || !metas[i] || metas[i]->rebuilding() || metas[i]->generation() != top) {
+    if (i == *source || !metas[i] || metas[i]->rebuilding() || metas[i]->generation() != top ||
+        members_[i]->state == v1::MEMBER_STATE_HEALTHY) {
       continue;
     }
     Status st = Rebuild(*members_[i], top, false);
@@ -478,6 +646,8 @@ Status EngineImpl::Init() {
                                std::to_string(top));
     }
   }
+  scrubber_ =
+      std::make_unique<Scrubber>(this, config_.volume(), config_.rebuild_bytes_per_second());
   watchdog_ = std::thread([this] { WatchdogLoop(); });
   maintenance_ = std::thread([this] { MaintenanceLoop(); });
   return Status::OK();
@@ -490,6 +660,7 @@ void EngineImpl::Stop() {
     stopping_ = true;
   }
   stop_cv_.notify_all();
+  if (scrubber_ != nullptr) scrubber_->Stop();
   if (watchdog_.joinable()) watchdog_.join();
   if (maintenance_.joinable()) maintenance_.join();
   for (auto& m : members_) {
@@ -503,6 +674,12 @@ void EngineImpl::SetStateLocked(Member& m, v1::MemberState state, std::string me
   std::lock_guard lock(state_mu_);
   m.state = state;
   m.message = std::move(message);
+  if (m.Serving()) {
+    m.failed_since_ms = 0;
+  } else if (m.failed_since_ms == 0) {
+    m.failed_since_ms = NowUnixMs();
+  }
+  if (state != v1::MEMBER_STATE_REBUILDING) m.rebuild_into.clear();
 }
 
 void EngineImpl::MarkFailedLocked(Member& m, const Status& why) {
@@ -621,7 +798,8 @@ Status EngineImpl::Mutate(wire::MsgType type, std::uint64_t offset, std::uint64_
                          std::to_string(write_quorum_));
     }
     std::vector<std::size_t> stripes;
-    if (rebuilds_active_.load() > 0 && type != wire::MsgType::kFlush) {
+    if ((rebuilds_active_.load() > 0 || scrubs_active_.load() > 0) &&
+        type != wire::MsgType::kFlush) {
       LockStripes(offset, count, &stripes);
     }
     waiters.resize(targets.size());
@@ -712,27 +890,45 @@ Status EngineImpl::Read(std::uint64_t offset, std::span<std::uint8_t> out) {
 
 Status EngineImpl::Snapshot(const std::string& name) {
   std::unique_lock gate(gate_);
-  for (auto& m : members_) {
-    if (m->state == v1::MEMBER_STATE_REBUILDING) {
-      return FailedPrecondition("volume " + config_.volume() + ": replica " + m->config.name() +
-                                " is rebuilding; snapshot again once it is healthy");
-    }
-  }
   if (HealthyCountLocked() < static_cast<int>(write_quorum_)) {
     return Unavailable("volume " + config_.volume() + ": below the write quorum");
   }
   // No write is in flight (the gate is held exclusively): every replica freezes the same point
-  // of the write stream.
+  // of the write stream. A rebuilding member takes it too: its rebuild then copies what its
+  // head still lacks into this snapshot's layer (Member::rebuild_into), which its new head and
+  // every later snapshot read through.
   std::vector<std::pair<Member*, Status>> failed;
+  const std::int64_t created = NowUnixMs();
   for (auto& m : members_) {
-    if (m->state != v1::MEMBER_STATE_HEALTHY) continue;
+    if (!m->Serving()) continue;
+    // Snapshots are idempotent by name: an old snapshot of that name must not become the layer
+    // the rebuild fills.
+    bool fresh = false;
+    if (m->state == v1::MEMBER_STATE_REBUILDING && m->rebuild_into.empty()) {
+      v1::ControlRequest get;
+      get.mutable_get()->set_replica(m->config.name());
+      v1::ControlResponse got;
+      if (Status st = ControlCall(*m, get, &got); !st.ok()) {
+        failed.emplace_back(m.get(), st);
+        continue;
+      }
+      fresh =
+          std::none_of(got.info().meta().layers().begin(), got.info().meta().layers().end(),
+                       [&](const v1::Layer& l) { return l.snapshot() == name && !l.removed(); });
+    }
     v1::ControlRequest request;
     request.mutable_snapshot()->set_replica(m->config.name());
     request.mutable_snapshot()->set_snapshot(name);
-    request.mutable_snapshot()->set_created_unix_ms(NowUnixMs());
+    request.mutable_snapshot()->set_created_unix_ms(created);
+    request.mutable_snapshot()->set_generation(generation_);
     v1::ControlResponse response;
     Status st = ControlCall(*m, request, &response);
-    if (!st.ok()) failed.emplace_back(m.get(), st);
+    if (!st.ok()) {
+      failed.emplace_back(m.get(), st);
+    } else if (fresh) {
+      std::lock_guard lock(state_mu_);
+      m->rebuild_into = name;
+    }
   }
   if (!failed.empty()) {
     for (auto& [m, st] : failed) MarkFailedLocked(*m, st);
@@ -742,6 +938,81 @@ Status EngineImpl::Snapshot(const std::string& name) {
     return Unavailable("volume " + config_.volume() + ": snapshot " + name +
                        " reached fewer replicas than the write quorum");
   }
+  return Status::OK();
+}
+
+Status EngineImpl::GrowLocked(Member& m, std::uint64_t size_bytes) {
+  v1::ControlRequest request;
+  request.mutable_expand()->set_replica(m.config.name());
+  request.mutable_expand()->set_size_bytes(size_bytes);
+  v1::ControlResponse response;
+  return ControlCall(m, request, &response);
+}
+
+void EngineImpl::ExpandServingLocked(std::uint64_t size_bytes) {
+  std::vector<std::pair<Member*, Status>> failed;
+  bool grew = false;
+  for (auto& m : members_) {
+    if (!m->Serving()) continue;
+    Status st = GrowLocked(*m, size_bytes);
+    if (st.ok()) {
+      grew = grew || m->state == v1::MEMBER_STATE_HEALTHY;
+    } else {
+      failed.emplace_back(m.get(), st);
+    }
+  }
+  if (!failed.empty()) {
+    // Not the volume's size: it must not serve (a write beyond its end would fail) until a
+    // rebuild grows it.
+    for (auto& [m, st] : failed) MarkFailedLocked(*m, st);
+    BumpGenerationLocked();
+  }
+  if (grew && size_bytes > size_bytes_.load()) size_bytes_ = size_bytes;
+}
+
+Status EngineImpl::MatchSizeLocked(Member& m, std::uint64_t have) {
+  const std::uint64_t size = size_bytes_.load();
+  if (have < size) {
+    return GrowLocked(m, size).WithContext("growing it to the volume's " + std::to_string(size) +
+                                           " bytes");
+  }
+  if (have > size) {
+    spdlog::warn(
+        "volume {}: replica {} has {} bytes, more than the volume's {} (an expand it took did "
+        "not reach the others): the volume grows to its size",
+        config_.volume(), m.config.name(), have, size);
+    ExpandServingLocked(have);
+    size_bytes_ = std::max(size_bytes_.load(), have);
+  }
+  return Status::OK();
+}
+
+Status EngineImpl::Expand(std::uint64_t size_bytes) {
+  if (size_bytes == 0 || size_bytes % kBlock != 0) {
+    return InvalidArgument("expand: " + std::to_string(size_bytes) +
+                           " is not a positive multiple of 4096");
+  }
+  // Exclusively: no request is in flight while the replicas and the engine change size, so none
+  // reaches a replica beyond its old end before it grew.
+  std::unique_lock gate(gate_);
+  const std::uint64_t current = size_bytes_.load();
+  if (size_bytes < current) {
+    return InvalidArgument("expand: " + std::to_string(size_bytes) +
+                           " is smaller than the volume's size " + std::to_string(current) +
+                           " (volumes only grow)");
+  }
+  if (size_bytes == current) return Status::OK();
+  if (HealthyCountLocked() < static_cast<int>(write_quorum_)) {
+    return Unavailable("volume " + config_.volume() +
+                       ": below the write quorum, it cannot be expanded now");
+  }
+  ExpandServingLocked(size_bytes);
+  if (HealthyCountLocked() < static_cast<int>(write_quorum_)) {
+    return Unavailable("volume " + config_.volume() +
+                       ": fewer replicas than the write quorum grew to " +
+                       std::to_string(size_bytes) + " bytes; retry the expand");
+  }
+  spdlog::info("volume {}: expanded from {} to {} bytes", config_.volume(), current, size_bytes);
   return Status::OK();
 }
 
@@ -783,10 +1054,8 @@ Result<std::vector<Extent>> EngineImpl::ExtentsToCopy(Member& source, Member& ta
                    b.status().message());
       return *a;
     }
-    const Status& why = a.ok() ? b.status() : a.status();
-    if (why.code() != StatusCode::kFailedPrecondition) return why;
-    spdlog::info("volume {}: full copy into {}: {}", config_.volume(), target.config.name(),
-                 why.message());
+    // FailedPrecondition (a history does not go back that far): the caller copies everything.
+    return a.ok() ? b.status() : a.status();
   }
   // Everything either side holds: what only the target holds must be zeroed.
   HCI_ASSIGN_OR_RAISE(auto a, ask(source, true));
@@ -794,7 +1063,252 @@ Result<std::vector<Extent>> EngineImpl::ExtentsToCopy(Member& source, Member& ta
   return Union(a, b);
 }
 
-Status EngineImpl::CopyExtent(Member& target, std::uint64_t offset, std::uint64_t length) {
+Result<std::vector<Extent>> EngineImpl::Owned(Member& m, const std::string& from,
+                                              const std::string& to) {
+  v1::ControlRequest request;
+  auto* changed = request.mutable_changed_between();
+  changed->set_replica(m.config.name());
+  changed->set_from_snapshot(from);
+  changed->set_to_snapshot(to);
+  v1::ControlResponse response;
+  HCI_RETURN_NOT_OK(ControlCall(m, request, &response));
+  return ToExtents(response.extents());
+}
+
+Status EngineImpl::AlignLayers(Member& source, Member& target, std::uint64_t since, bool full,
+                               LayerPlan* plan) {
+  auto meta_of = [&](Member& m) -> Result<v1::ReplicaMeta> {
+    v1::ControlRequest get;
+    get.mutable_get()->set_replica(m.config.name());
+    v1::ControlResponse response;
+    HCI_RETURN_NOT_OK(ControlCall(m, get, &response));
+    return response.info().meta();
+  };
+  HCI_ASSIGN_OR_RAISE(const v1::ReplicaMeta src_meta, meta_of(source));
+  HCI_ASSIGN_OR_RAISE(const v1::ReplicaMeta tgt_meta, meta_of(target));
+  const std::vector<ChainSnapshot> src = SnapshotChain(src_meta);
+  const std::vector<ChainSnapshot> tgt = SnapshotChain(tgt_meta);
+  auto in = [](const std::vector<ChainSnapshot>& chain, const std::string& name) {
+    return std::any_of(chain.begin(), chain.end(),
+                       [&](const ChainSnapshot& c) { return c.name == name; });
+  };
+  // The target's snapshots the source lacks (deleted while the target was away) go; of the
+  // rest, those in the source's order from the bottom are kept, and everything above the first
+  // one missing is deleted (merged) and created again in the source's order.
+  std::vector<std::string> drop;
+  std::vector<std::string> kept;
+  for (const ChainSnapshot& t : tgt) {
+    if (!in(src, t.name)) {
+      drop.push_back(t.name);
+    } else {
+      kept.push_back(t.name);
+    }
+  }
+  std::size_t common = 0;
+  while (common < src.size() && common < kept.size() && src[common].name == kept[common]) {
+    ++common;
+  }
+  const bool diverged = common < kept.size();
+  for (std::size_t i = common; i < kept.size(); ++i) drop.push_back(kept[i]);
+  plan->chain = Names(src);
+  plan->first_new = common;
+  // The target fell behind before every missing snapshot was taken: its head then held the
+  // oldest one's data (up to what changed since), so the head becomes that snapshot.
+  plan->freeze = !full && !diverged;
+  for (std::size_t i = common; i < src.size(); ++i) {
+    if (src[i].generation == 0 || src[i].generation < since) plan->freeze = false;
+  }
+  if (drop.empty() && common == src.size()) return Status::OK();
+
+  // From here on the target's layers are half made: should this rebuild not finish, the next
+  // one is a full copy.
+  {
+    v1::ControlRequest request;
+    auto* set = request.mutable_set_generation();
+    set->set_replica(target.config.name());
+    set->set_expected_generation(tgt_meta.generation());
+    set->set_generation(tgt_meta.generation());
+    set->set_rebuilding(true);
+    v1::ControlResponse response;
+    HCI_RETURN_NOT_OK(ControlCall(target, request, &response));
+  }
+  for (const std::string& name : drop) {
+    v1::ControlRequest request;
+    request.mutable_delete_snapshot()->set_replica(target.config.name());
+    request.mutable_delete_snapshot()->set_snapshot(name);
+    v1::ControlResponse response;
+    HCI_RETURN_NOT_OK(ControlCall(target, request, &response));
+    spdlog::info(
+        "volume {}: replica {}: deleted snapshot {} (the source {} has no such snapshot "
+        "in that place)",
+        config_.volume(), target.config.name(), name, source.config.name());
+  }
+  for (std::size_t i = common; i < src.size(); ++i) {
+    v1::ControlRequest request;
+    auto* snap = request.mutable_snapshot();
+    snap->set_replica(target.config.name());
+    snap->set_snapshot(src[i].name);
+    snap->set_created_unix_ms(src[i].created_unix_ms);
+    snap->set_generation(src[i].generation);
+    v1::ControlResponse response;
+    HCI_RETURN_NOT_OK(ControlCall(target, request, &response));
+    spdlog::info("volume {}: replica {}: created snapshot {} to rebuild it", config_.volume(),
+                 target.config.name(), src[i].name);
+  }
+  return Status::OK();
+}
+
+Result<std::vector<LayerCopy>> EngineImpl::PlanCopy(Member& source, Member& target,
+                                                    std::uint64_t since, bool full,
+                                                    const LayerPlan& plan) {
+  std::vector<Extent> changed;
+  if (!full) {
+    auto delta = ExtentsToCopy(source, target, since, false);
+    if (delta.ok()) {
+      changed = *std::move(delta);
+    } else if (delta.status().code() == StatusCode::kFailedPrecondition) {
+      spdlog::info("volume {}: full copy into {}: {}", config_.volume(), target.config.name(),
+                   delta.status().message());
+      full = true;
+    } else {
+      return delta.status();
+    }
+  }
+  const auto& chain = plan.chain;
+  std::vector<LayerCopy> out;
+  // Snapshot layers, oldest first: a full copy fills every layer with what either side's layer
+  // owns (read through the source's view of that snapshot), a delta only the layers created
+  // for this rebuild.
+  for (std::size_t i = full ? 0 : plan.first_new; i < chain.size(); ++i) {
+    const std::string from = i == 0 ? "" : chain[i - 1];
+    HCI_ASSIGN_OR_RAISE(auto a, Owned(source, from, chain[i]));
+    HCI_ASSIGN_OR_RAISE(auto b, Owned(target, from, chain[i]));
+    std::vector<Extent> extents = Union(std::move(a), b);
+    if (!full && plan.freeze && i == plan.first_new) extents = Intersect(extents, changed);
+    out.push_back({chain[i], std::move(extents)});
+  }
+  const std::string top = chain.empty() ? "" : chain.back();
+  if (full) {
+    HCI_ASSIGN_OR_RAISE(auto a, Owned(source, top, ""));
+    HCI_ASSIGN_OR_RAISE(auto b, Owned(target, top, ""));
+    out.push_back({"", Union(std::move(a), b)});
+  } else if (plan.first_new < chain.size()) {
+    // The target's head is new (empty but for the writes since it joined): the source's.
+    HCI_ASSIGN_OR_RAISE(auto a, Owned(source, top, ""));
+    out.push_back({"", std::move(a)});
+  } else {
+    // The changed chunks, clipped to the blocks either head owns: what is not owned above the
+    // newest snapshot reads from the layers both share, and the target's head ends up owning
+    // what the source's does.
+    HCI_ASSIGN_OR_RAISE(auto a, Owned(source, top, ""));
+    HCI_ASSIGN_OR_RAISE(auto b, Owned(target, top, ""));
+    out.push_back({"", Intersect(changed, Union(std::move(a), b))});
+  }
+  return out;
+}
+
+Result<wire::Connection*> EngineImpl::LayerConn(Member& m, const std::string& snapshot, bool writes,
+                                                LayerConns* conns) {
+  const std::string key =
+      m.config.name() + "@" + m.config.address() + "/" + snapshot + (writes ? "/w" : "/r");
+  if (wire::Connection* conn = conns->Find(key)) return conn;
+  HCI_ASSIGN_OR_RAISE(auto conn,
+                      wire::Dial(m.config.address(), secret_, "engine " + config_.volume(), 3000));
+  timeval tv{};
+  tv.tv_sec = io_timeout_.count() / 1000;
+  tv.tv_usec = (io_timeout_.count() % 1000) * 1000;
+  setsockopt(conn->fd(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  setsockopt(conn->fd(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+  v1::ControlRequest open;
+  open.mutable_open()->set_replica(m.config.name());
+  open.mutable_open()->set_snapshot(snapshot);
+  open.mutable_open()->set_layer_writes(writes);
+  v1::ControlResponse opened;
+  HCI_RETURN_NOT_OK(wire::Call(*conn, open, &opened)
+                        .WithContext("replica " + m.config.name() + " on " + m.config.node()));
+  conns->entries.push_back({key, std::move(conn)});
+  return conns->entries.back().conn.get();
+}
+
+namespace {
+
+// One data request and its answer on a connection nothing else uses.
+Status DataCall(wire::Connection& conn, wire::Header h, std::span<const std::uint8_t> payload,
+                std::span<std::uint8_t> read_into) {
+  h.handle = 1;
+  HCI_RETURN_NOT_OK(conn.Send(h, payload));
+  wire::Header answer;
+  std::string data;
+  HCI_RETURN_NOT_OK(conn.Receive(&answer, &data));
+  if (answer.status != 0) return wire::ErrnoToStatus(answer.status, conn.peer());
+  if (!read_into.empty()) {
+    if (data.size() != read_into.size()) {
+      return Internal(conn.peer() + ": READ answered " + std::to_string(data.size()) +
+                      " bytes, expected " + std::to_string(read_into.size()));
+    }
+    std::memcpy(read_into.data(), data.data(), data.size());
+  }
+  return Status::OK();
+}
+
+}  // namespace
+
+Status EngineImpl::CopyLayerExtent(Member& target, const std::string& snapshot,
+                                   std::uint64_t offset, std::uint64_t length, LayerConns* conns) {
+  std::vector<std::uint8_t> buffer(length);
+  for (int attempt = 0;; ++attempt) {
+    Member* source = nullptr;
+    {
+      std::shared_lock gate(gate_);
+      if (target.state != v1::MEMBER_STATE_REBUILDING) {
+        return Aborted("replica " + target.config.name() +
+                       " stopped rebuilding: " + target.message);
+      }
+      source = HealthySource();
+      if (source == nullptr) return Unavailable("no healthy replica to copy from");
+    }
+    // Dialled outside the gate; the members' configs only change while they do not serve.
+    HCI_ASSIGN_OR_RAISE(wire::Connection * from, LayerConn(*source, snapshot, false, conns));
+    HCI_ASSIGN_OR_RAISE(wire::Connection * to, LayerConn(target, snapshot, true, conns));
+    Status read, written;
+    {
+      // Shared: the generation the requests carry stays the replicas' own.
+      std::shared_lock gate(gate_);
+      if (target.state != v1::MEMBER_STATE_REBUILDING) continue;
+      if (source->state != v1::MEMBER_STATE_HEALTHY) continue;
+      wire::Header h;
+      h.type = wire::MsgType::kRead;
+      h.offset = offset;
+      h.count = static_cast<std::uint32_t>(length);
+      h.generation = generation_;
+      read = DataCall(*from, h, {}, buffer);
+      if (read.ok()) {
+        const bool zero =
+            std::all_of(buffer.begin(), buffer.end(), [](std::uint8_t b) { return b == 0; });
+        h.type = zero ? wire::MsgType::kTrim : wire::MsgType::kWrite;
+        written = DataCall(*to, h, zero ? std::span<const std::uint8_t>() : buffer, {});
+      }
+    }
+    if (!read.ok()) {
+      conns->entries.clear();
+      // A snapshot the source lost meanwhile (deleted) or a source that broke: give up this
+      // rebuild after a few tries (the next one is a full copy).
+      if (attempt < 2 && read.code() == StatusCode::kUnavailable) continue;
+      return read.WithContext("reading snapshot " + snapshot + " of replica " +
+                              source->config.name());
+    }
+    if (!written.ok()) {
+      conns->entries.clear();
+      FailMembers({{&target, written}});
+      return written.WithContext("filling snapshot " + snapshot + " of replica " +
+                                 target.config.name());
+    }
+    return Status::OK();
+  }
+}
+
+Status EngineImpl::CopyExtent(Member& target, std::uint64_t offset, std::uint64_t length,
+                              std::string* into) {
   std::vector<std::uint8_t> buffer(length);
   for (;;) {
     Member* source = nullptr;
@@ -804,6 +1318,10 @@ Status EngineImpl::CopyExtent(Member& target, std::uint64_t offset, std::uint64_
       if (target.state != v1::MEMBER_STATE_REBUILDING) {
         return Aborted("replica " + target.config.name() +
                        " stopped rebuilding: " + target.message);
+      }
+      if (!target.rebuild_into.empty()) {
+        *into = target.rebuild_into;
+        return Status::OK();
       }
       source = HealthySource();
       if (source == nullptr) return Unavailable("no healthy replica to copy from");
@@ -846,11 +1364,33 @@ Status EngineImpl::CopyExtent(Member& target, std::uint64_t offset, std::uint64_
 
 Status EngineImpl::Rebuild(Member& target, std::uint64_t since, bool full) {
   Member* source = nullptr;
-  {
-    // Join as a write-only member at the current generation: from here on it gets every write.
+  LayerPlan plan;
+  for (int attempt = 0;; ++attempt) {
+    {
+      std::shared_lock gate(gate_);
+      source = HealthySource();
+      if (source == nullptr) return Unavailable("no healthy replica to rebuild from");
+    }
+    if (Status st = AlignLayers(*source, target, since, full, &plan); !st.ok()) {
+      std::unique_lock gate(gate_);
+      if (!target.Serving()) SetStateLocked(target, target.state, st.message());
+      return st.WithContext("aligning the snapshots of replica " + target.config.name());
+    }
+    // Join as a write-only member at the current generation: from here on it gets every write
+    // and takes every snapshot.
     std::unique_lock gate(gate_);
     source = HealthySource();
     if (source == nullptr) return Unavailable("no healthy replica to rebuild from");
+    // A snapshot taken (or deleted) since the chains were aligned: align again.
+    v1::ControlRequest get;
+    get.mutable_get()->set_replica(source->config.name());
+    v1::ControlResponse got;
+    Status st = ControlCall(*source, get, &got);
+    if (st.ok() && Names(SnapshotChain(got.info().meta())) != plan.chain) {
+      if (attempt < 5) continue;
+      st = Aborted("the snapshots of " + source->config.name() + " kept changing");
+    }
+    if (!st.ok()) return st.WithContext("rebuild of replica " + target.config.name());
     v1::ControlRequest request;
     auto* set = request.mutable_set_generation();
     set->set_replica(target.config.name());
@@ -858,7 +1398,9 @@ Status EngineImpl::Rebuild(Member& target, std::uint64_t since, bool full) {
     set->set_generation(generation_);
     set->set_rebuilding(true);
     v1::ControlResponse response;
-    Status st = ControlCall(target, request, &response);
+    st = ControlCall(target, request, &response);
+    // A replica that missed an expand grows before it takes writes beyond its old end.
+    if (st.ok()) st = MatchSizeLocked(target, response.info().meta().size_bytes());
     if (!st.ok()) {
       MarkFailedLocked(target, st);
       return st;
@@ -871,6 +1413,7 @@ Status EngineImpl::Rebuild(Member& target, std::uint64_t since, bool full) {
         target, v1::MEMBER_STATE_REBUILDING,
         "rebuilding from " + source->config.name() + " since generation " + std::to_string(since));
     ++rebuilds_active_;
+    break;
   }
   spdlog::info("volume {}: rebuilding replica {} on {} from {} (since generation {}{})",
                config_.volume(), target.config.name(), target.config.node(), source->config.name(),
@@ -880,36 +1423,58 @@ Status EngineImpl::Rebuild(Member& target, std::uint64_t since, bool full) {
     ~ActiveGuard() { --n; }
   } guard{rebuilds_active_};
 
-  auto extents = ExtentsToCopy(*source, target, since, full);
-  if (!extents.ok()) {
-    FailMembers({{&target, extents.status()}});
-    return extents.status();
+  auto layers = PlanCopy(*source, target, since, full, plan);
+  if (!layers.ok()) {
+    FailMembers({{&target, layers.status()}});
+    return layers.status();
   }
   std::uint64_t total = 0;
-  for (const Extent& e : *extents) total += e.length;
+  std::string per_layer;
+  for (const LayerCopy& layer : *layers) {
+    std::uint64_t bytes = 0;
+    for (const Extent& e : layer.extents) bytes += e.length;
+    total += bytes;
+    per_layer += (per_layer.empty() ? "" : ", ") +
+                 (layer.snapshot.empty() ? std::string("head") : "snapshot " + layer.snapshot) +
+                 " " + std::to_string(bytes);
+  }
+  spdlog::info("volume {}: rebuild of {} copies {} bytes ({})", config_.volume(),
+               target.config.name(), total, per_layer);
   target.rebuild_total = total;
   target.rebuild_done = 0;
   const auto began = Clock::now();
   const std::uint64_t rate = config_.rebuild_bytes_per_second();
-  for (const Extent& e : *extents) {
-    for (std::uint64_t off = e.offset; off < e.offset + e.length; off += kCopyChunk) {
-      {
-        std::lock_guard lock(stop_mu_);
-        if (stopping_) return Cancelled("engine stopping");
-      }
-      const std::uint64_t end = std::min(e.offset + e.length, size_bytes_.load());
-      if (off >= end) break;
-      const std::uint64_t len = std::min(kCopyChunk, end - off);
-      HCI_RETURN_NOT_OK(CopyExtent(target, off, len));
-      target.rebuild_done += len;
-      if (rate > 0) {
-        const auto due = began + std::chrono::microseconds(target.rebuild_done * 1000000 / rate);
-        std::unique_lock lock(stop_mu_);
-        stop_cv_.wait_until(lock, due, [&] { return stopping_; });
+  LayerConns conns;
+  for (const LayerCopy& layer : *layers) {
+    for (const Extent& e : layer.extents) {
+      for (std::uint64_t off = e.offset; off < e.offset + e.length; off += kCopyChunk) {
+        {
+          std::lock_guard lock(stop_mu_);
+          if (stopping_) return Cancelled("engine stopping");
+        }
+        const std::uint64_t end = std::min(e.offset + e.length, size_bytes_.load());
+        if (off >= end) break;
+        const std::uint64_t len = std::min(kCopyChunk, end - off);
+        std::string into = layer.snapshot;
+        if (into.empty()) HCI_RETURN_NOT_OK(CopyExtent(target, off, len, &into));
+        if (!into.empty()) {
+          Status st = CopyLayerExtent(target, into, off, len, &conns);
+          if (!st.ok()) {
+            FailMembers({{&target, st}});
+            return st;
+          }
+        }
+        target.rebuild_done += len;
+        if (rate > 0) {
+          const auto due = began + std::chrono::microseconds(target.rebuild_done * 1000000 / rate);
+          std::unique_lock lock(stop_mu_);
+          stop_cv_.wait_until(lock, due, [&] { return stopping_; });
+        }
       }
     }
   }
-  // Durable on the target before it counts as a copy.
+  conns.entries.clear();
+  // Durable on the target (the head and the snapshot layers it filled) before it counts.
   {
     Waiter w;
     Batch batch;
@@ -1039,6 +1604,7 @@ Status EngineImpl::Reelect() {
     }
   }
   Member& src = *members_[*source];
+  HCI_RETURN_NOT_OK(MatchSizeLocked(src, metas[*source]->size_bytes()));
   const std::uint64_t next = std::max(generation_, src.generation) + 1;
   v1::ControlRequest request;
   auto* set = request.mutable_set_generation();
@@ -1083,11 +1649,23 @@ void EngineImpl::MaintenanceLoop() {
         continue;
       }
     }
+    DeleteRetired();
     for (auto& mp : members_) {
       Member& m = *mp;
+      std::int64_t failed_since = 0;
       {
         std::shared_lock gate(gate_);
         if (m.Serving()) continue;
+        std::lock_guard state(state_mu_);
+        failed_since = m.failed_since_ms;
+      }
+      // Longhorn's replica-replenishment-wait-interval: a member away for longer is replaced by
+      // a new replica on a spare node (full rebuild below); the old one is deleted later.
+      const std::uint64_t wait = config_.replica_replenish_wait_ms();
+      std::string note;
+      if (wait > 0 && failed_since != 0 &&
+          NowUnixMs() - failed_since >= static_cast<std::int64_t>(wait)) {
+        Replenish(m, &note);
       }
       // Not serving: nothing else touches its connections.
       auto meta = Connect(m);
@@ -1100,6 +1678,7 @@ void EngineImpl::MaintenanceLoop() {
           } else {
             m.message = meta.status().message();
           }
+          if (!note.empty()) m.message += "; " + note;
         }
         continue;
       }
@@ -1122,6 +1701,171 @@ void EngineImpl::MaintenanceLoop() {
   }
 }
 
+std::string EngineImpl::NewReplicaNameLocked() const {
+  // "<volume>-r<k>", k one more than any member's or retired replica's.
+  const std::string prefix = config_.volume() + "-r";
+  std::uint64_t next = 0;
+  auto consider = [&](const std::string& name) {
+    if (!name.starts_with(prefix)) return;
+    std::uint64_t k = 0;
+    const char* begin = name.data() + prefix.size();
+    const char* end = name.data() + name.size();
+    auto [ptr, ec] = std::from_chars(begin, end, k);
+    if (ec == std::errc() && ptr == end) next = std::max(next, k + 1);
+  };
+  for (const auto& m : members_) consider(m->config.name());
+  for (const auto& r : retired_) consider(r.name());
+  return prefix + std::to_string(next);
+}
+
+bool EngineImpl::Replenish(Member& m, std::string* note) {
+  std::set<std::string> used;
+  std::string name;
+  v1::EngineReplica old;
+  {
+    std::shared_lock gate(gate_);
+    if (m.Serving() || HealthySource() == nullptr) return false;
+    for (const auto& o : members_) used.insert(o->config.node());
+    name = NewReplicaNameLocked();
+    old = m.config;
+  }
+  std::string why;
+  for (const v1::EngineReplica& spare : config_.spares()) {
+    if (spare.node().empty() || used.count(spare.node()) > 0) continue;
+    auto conn = wire::Dial(spare.address(), secret_, "engine " + config_.volume(), 3000);
+    if (!conn.ok()) {
+      why += "; " + spare.node() + ": " + conn.status().message();
+      continue;
+    }
+    timeval tv{};
+    tv.tv_sec = io_timeout_.count() / 1000;
+    tv.tv_usec = (io_timeout_.count() % 1000) * 1000;
+    setsockopt((*conn)->fd(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    setsockopt((*conn)->fd(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    v1::ControlRequest create;
+    create.mutable_create()->set_replica(name);
+    create.mutable_create()->set_volume(config_.volume());
+    create.mutable_create()->set_size_bytes(size_bytes_.load());
+    create.mutable_create()->set_generation(1);
+    create.mutable_create()->set_rebuilding(true);
+    v1::ControlResponse created;
+    if (Status st = wire::Call(**conn, create, &created); !st.ok()) {
+      why += "; " + spare.node() + ": " + st.message();
+      continue;
+    }
+    v1::EngineReplica fresh;
+    fresh.set_name(name);
+    fresh.set_node(spare.node());
+    fresh.set_address(spare.address());
+    std::unique_lock gate(gate_);
+    if (m.Serving()) return false;
+    const v1::EngineReplica previous = m.config;
+    {
+      std::lock_guard state(state_mu_);
+      m.config = fresh;
+      m.generation = created.info().meta().generation();
+      retired_.push_back(old);
+      ++membership_version_;
+    }
+    // The membership must be on disk before the new replica is used: an engine started later
+    // from the old one would never rebuild it.
+    if (Status st = PersistConfigLocked(); !st.ok()) {
+      std::lock_guard state(state_mu_);
+      m.config = previous;
+      retired_.pop_back();
+      --membership_version_;
+      spdlog::error("volume {}: replica {} not replaced: {}", config_.volume(), old.name(),
+                    st.ToString());
+      *note = "replacing it failed: " + st.message();
+      return false;
+    }
+    {
+      std::lock_guard lock(m.control_mu);
+      m.control.reset();
+    }
+    m.links.clear();
+    {
+      std::lock_guard state(state_mu_);
+      m.failed_since_ms = NowUnixMs();
+      m.message = "new replica on spare node " + spare.node() + ", replacing " + old.name() +
+                  " on node " + old.node();
+    }
+    spdlog::warn(
+        "volume {}: replica {} on {} failed for longer than {} ms: replaced by {} on "
+        "spare node {} (membership version {})",
+        config_.volume(), old.name(), old.node(), config_.replica_replenish_wait_ms(), name,
+        spare.node(), membership_version_);
+    return true;
+  }
+  *note = "failed for longer than the replenish wait (" +
+          std::to_string(config_.replica_replenish_wait_ms()) +
+          " ms) and no spare storage node can take its place (" +
+          (config_.spares_size() == 0 ? std::string("none is configured")
+                                      : "every spare holds a replica of this volume or did "
+                                        "not answer" +
+                                            why) +
+          "); the volume stays degraded until " + old.node() + " is back";
+  return false;
+}
+
+void EngineImpl::DeleteRetired() {
+  const auto now = Clock::now();
+  if (now < next_retired_attempt_) return;
+  next_retired_attempt_ = now + std::chrono::seconds(5);
+  std::vector<v1::EngineReplica> retired;
+  {
+    std::lock_guard state(state_mu_);
+    retired = retired_;
+  }
+  std::vector<std::string> gone;
+  for (const v1::EngineReplica& r : retired) {
+    auto conn = wire::Dial(r.address(), secret_, "engine " + config_.volume(), 1000);
+    if (!conn.ok()) continue;
+    timeval tv{2, 0};
+    setsockopt((*conn)->fd(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    v1::ControlRequest del;
+    del.mutable_delete_()->set_replica(r.name());
+    v1::ControlResponse response;
+    if (wire::Call(**conn, del, &response).ok()) {
+      spdlog::info("volume {}: deleted replaced replica {} on {}", config_.volume(), r.name(),
+                   r.node());
+      gone.push_back(r.name() + "@" + r.node());
+    }
+  }
+  if (gone.empty()) return;
+  std::unique_lock gate(gate_);
+  {
+    std::lock_guard state(state_mu_);
+    std::erase_if(retired_, [&](const v1::EngineReplica& r) {
+      return std::find(gone.begin(), gone.end(), r.name() + "@" + r.node()) != gone.end();
+    });
+    ++membership_version_;
+  }
+  if (Status st = PersistConfigLocked(); !st.ok()) {
+    spdlog::warn("volume {}: {}", config_.volume(), st.ToString());
+  }
+}
+
+Status EngineImpl::PersistConfigLocked() {
+  const std::string& path = config_.config_file();
+  if (path.empty()) return Status::OK();  // an engine without a file (tests): nothing to keep
+  v1::EngineConfig next = config_;
+  // Whoever starts an engine from this file later does so after this one stopped, cleanly or
+  // not: that start resynchronises the members instead of trusting them.
+  next.set_clean_start(false);
+  next.clear_replicas();
+  next.clear_retired();
+  {
+    std::lock_guard state(state_mu_);
+    for (const auto& m : members_) *next.add_replicas() = m->config;
+    for (const auto& r : retired_) *next.add_retired() = r;
+    next.set_membership_version(membership_version_);
+  }
+  std::string data;
+  if (!next.SerializeToString(&data)) return Internal("the EngineConfig does not serialize");
+  return process::WriteFileAtomically(path, data).WithContext("config_file");
+}
+
 v1::EngineStatus EngineImpl::GetStatus() const {
   v1::EngineStatus s;
   s.set_volume(config_.volume());
@@ -1134,8 +1878,13 @@ v1::EngineStatus EngineImpl::GetStatus() const {
   s.set_write_bytes(write_bytes_);
   s.set_flush_ops(flush_ops_);
   s.set_failed_ops(failed_ops_);
+  if (scrubber_ != nullptr) {
+    if (v1::ScrubStatus scrub = scrubber_->GetStatus(); scrub.id() != 0) *s.mutable_scrub() = scrub;
+  }
   std::lock_guard lock(state_mu_);
   s.set_generation(generation_);
+  s.set_membership_version(membership_version_);
+  for (const auto& r : retired_) *s.add_retired() = r;
   int healthy = 0;
   for (const auto& m : members_) {
     auto* ms = s.add_members();
@@ -1145,6 +1894,7 @@ v1::EngineStatus EngineImpl::GetStatus() const {
     ms->set_state(m->state);
     ms->set_generation(m->generation);
     ms->set_message(m->message);
+    ms->set_failed_since_unix_ms(m->failed_since_ms);
     if (m->state == v1::MEMBER_STATE_REBUILDING) {
       ms->set_rebuild_done_bytes(m->rebuild_done);
       ms->set_rebuild_total_bytes(m->rebuild_total);
@@ -1153,6 +1903,137 @@ v1::EngineStatus EngineImpl::GetStatus() const {
   }
   s.set_writable(healthy >= static_cast<int>(write_quorum_));
   return s;
+}
+
+// ---- Scrub (the loop is in engine_scrub.cc) ----
+
+// One extent's healthy members for the scrubber; built and used under the shared gate and the
+// extent's stripe lock.
+class EngineImpl::ScrubAccess final : public ScrubExtent {
+ public:
+  ScrubAccess(EngineImpl* engine, std::vector<Member*> members, std::uint64_t offset,
+              std::uint64_t length)
+      : engine_(engine), members_(std::move(members)), offset_(offset), length_(length) {}
+
+  std::size_t size() const override { return members_.size(); }
+  const std::string& name(std::size_t i) const override { return members_[i]->config.name(); }
+
+  std::vector<Result<std::string>> Hash() override {
+    std::vector<Result<std::string>> out(members_.size(), Result<std::string>(Internal("")));
+    std::vector<std::thread> threads;
+    for (std::size_t i = 0; i < members_.size(); ++i) {
+      threads.emplace_back([this, i, &out] { out[i] = HashOne(i); });
+    }
+    for (auto& t : threads) t.join();
+    return out;
+  }
+
+  Result<std::string> HashOne(std::size_t i) override {
+    v1::ControlRequest request;
+    auto* hash = request.mutable_hash_extents();
+    hash->set_replica(members_[i]->config.name());
+    hash->set_offset(offset_);
+    hash->set_length(length_);
+    hash->set_extent_bytes(static_cast<std::uint32_t>(length_));
+    v1::ControlResponse response;
+    Status st = engine_->ControlCall(*members_[i], request, &response);
+    if (st.ok() && response.hashes_size() != 1) {
+      st = Internal("replica " + members_[i]->config.name() + " answered " +
+                    std::to_string(response.hashes_size()) + " hashes for one extent");
+    }
+    if (!st.ok()) {
+      Fail(i, st);
+      return st;
+    }
+    return response.hashes(0);
+  }
+
+  Status Read(std::size_t i, std::span<std::uint8_t> out) override {
+    return Data(i, wire::MsgType::kRead, {}, out);
+  }
+
+  Status Write(std::size_t i, std::span<const std::uint8_t> data) override {
+    // All zeros: punched, as a rebuild copies them (the store then owns the blocks as zeros).
+    const bool zero = std::all_of(data.begin(), data.end(), [](std::uint8_t b) { return b == 0; });
+    return zero ? Data(i, wire::MsgType::kTrim, {}, {}) : Data(i, wire::MsgType::kWrite, data, {});
+  }
+
+  std::vector<std::pair<Member*, Status>> TakeFailures() {
+    std::lock_guard lock(mu_);
+    return std::move(failures_);
+  }
+
+ private:
+  Status Data(std::size_t i, wire::MsgType type, std::span<const std::uint8_t> payload,
+              std::span<std::uint8_t> read_into) {
+    Batch batch;
+    batch.outstanding = 1;
+    Waiter w;
+    w.batch = &batch;
+    w.read_into = read_into;
+    wire::Header h;
+    h.type = type;
+    h.flags = type == wire::MsgType::kRead ? 0u : static_cast<std::uint32_t>(wire::kFlagFua);
+    h.offset = offset_;
+    h.count = static_cast<std::uint32_t>(length_);
+    h.generation = engine_->generation_;
+    members_[i]->PickLink()->Submit(h, payload, &w);
+    batch.Wait();
+    if (!w.status.ok()) Fail(i, w.status);
+    return w.status;
+  }
+
+  void Fail(std::size_t i, const Status& why) {
+    std::lock_guard lock(mu_);
+    failures_.emplace_back(members_[i], why);
+  }
+
+  EngineImpl* engine_;
+  std::vector<Member*> members_;
+  std::uint64_t offset_;
+  std::uint64_t length_;
+  std::mutex mu_;
+  std::vector<std::pair<Member*, Status>> failures_;
+};
+
+int EngineImpl::HealthyMembers() {
+  std::shared_lock gate(gate_);
+  return HealthyCountLocked();
+}
+
+void EngineImpl::BeginScrub() {
+  // Under the exclusive gate: no write that skipped the stripe locks is still in flight.
+  std::unique_lock gate(gate_);
+  ++scrubs_active_;
+}
+
+Status EngineImpl::WithExtent(std::uint64_t offset, std::uint64_t length,
+                              const std::function<Status(ScrubExtent&)>& fn) {
+  Status result;
+  std::vector<std::pair<Member*, Status>> failures;
+  {
+    std::shared_lock gate(gate_);
+    std::vector<Member*> healthy;
+    for (auto& m : members_) {
+      if (m->state == v1::MEMBER_STATE_HEALTHY) healthy.push_back(m.get());
+    }
+    std::vector<std::size_t> stripes;
+    LockStripes(offset, length, &stripes);
+    ScrubAccess access(this, std::move(healthy), offset, length);
+    result = fn(access);
+    UnlockStripes(stripes);
+    failures = access.TakeFailures();
+  }
+  if (!failures.empty()) FailMembers(failures);
+  return result;
+}
+
+Status EngineImpl::Scrub(const v1::EngineScrub& request) {
+  {
+    std::lock_guard lock(stop_mu_);
+    if (stopping_) return Unavailable("volume " + config_.volume() + ": the engine is stopping");
+  }
+  return scrubber_->Start(request);
 }
 
 // ---- Engine ----
@@ -1186,5 +2067,9 @@ Status Engine::Flush() { return impl_->Mutate(wire::MsgType::kFlush, 0, 0, {}, f
 v1::EngineStatus Engine::GetStatus() const { return impl_->GetStatus(); }
 
 Status Engine::Snapshot(const std::string& name) { return impl_->Snapshot(name); }
+
+Status Engine::Expand(std::uint64_t size_bytes) { return impl_->Expand(size_bytes); }
+
+Status Engine::Scrub(const v1::EngineScrub& request) { return impl_->Scrub(request); }
 
 }  // namespace hci::replicated

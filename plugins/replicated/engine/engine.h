@@ -41,8 +41,23 @@ class Engine {
   Status Flush();
 
   v1::EngineStatus GetStatus() const;
-  /// Crash-consistent snapshot: new writes wait while every healthy replica takes it.
+  /// Crash-consistent snapshot: new writes wait while every serving replica takes it (a
+  /// rebuilding one too: its rebuild then fills the snapshot's layer).
   Status Snapshot(const std::string& name);
+  /// Grows the volume to `size_bytes` (a multiple of 4096): with no request in flight, every
+  /// serving replica grows at the current generation, then the engine's size. A replica that
+  /// fails to grow is failed (generation bump) and grown when it is rebuilt. New NBD
+  /// connections see the new size; existing ones keep the size they were told at connect.
+  /// OK when already that size. Errors: InvalidArgument naming `expand` (not a multiple of 4096,
+  /// smaller than the current size); Unavailable when fewer than the write quorum of healthy
+  /// replicas are (or stay) there to grow — the replicas that grew keep their size, and the
+  /// engine serves it; retrying finishes the job.
+  Status Expand(std::uint64_t size_bytes);
+  /// Starts a scrub of the healthy replicas in the background (or cancels the running one):
+  /// docs/replicated-design.md, "Scrub". Progress and outcome in GetStatus().scrub. Aborted
+  /// while one runs; FailedPrecondition with fewer than two healthy replicas; InvalidArgument
+  /// naming `extent_bytes`.
+  Status Scrub(const v1::EngineScrub& request);
 
  private:
   explicit Engine(std::unique_ptr<EngineImpl> impl);

@@ -63,6 +63,8 @@ int ConfigComplete() {
     nbdkit_error("config: %s cannot be read as an EngineConfig", g_config_path.c_str());
     return -1;
   }
+  // Membership changes (a replica replaced by one on a spare node) are written back here.
+  if (g_config.config_file().empty()) g_config.set_config_file(g_config_path);
   auto secret = hci::replicated::wire::ReadSecretFile("secret_file", g_config.secret_file());
   if (!secret.ok()) {
     nbdkit_error("%s", secret.status().ToString().c_str());

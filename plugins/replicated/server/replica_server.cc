@@ -271,12 +271,18 @@ class ReplicaServer::ConnectionHandler {
           return NotFound("open.snapshot: replica " + o.replica() + " has no snapshot " +
                           Quoted(o.snapshot()));
         }
+        if (o.layer_writes() && o.snapshot().empty()) {
+          return InvalidArgument("open.layer_writes: needs open.snapshot");
+        }
         replica_ = replica;
         replica_name_ = o.replica();
         snapshot_ = o.snapshot();
+        layer_writes_ = o.layer_writes();
         stale_logged_ = false;
         log_.info("{} ({}) opened replica {}{}", conn_.peer(), client_, o.replica(),
-                  snapshot_.empty() ? "" : " at snapshot " + snapshot_ + " (read-only)");
+                  snapshot_.empty() ? ""
+                  : layer_writes_   ? " to fill the layer of snapshot " + snapshot_
+                                    : " at snapshot " + snapshot_ + " (read-only)");
         FillInfo(*replica, response->mutable_info());
         return Status::OK();
       }
@@ -304,7 +310,7 @@ class ReplicaServer::ConnectionHandler {
                                          : std::chrono::duration_cast<std::chrono::milliseconds>(
                                                std::chrono::system_clock::now().time_since_epoch())
                                                .count();
-        HCI_RETURN_NOT_OK(replica->TakeSnapshot(s.snapshot(), created));
+        HCI_RETURN_NOT_OK(replica->TakeSnapshotAt(s.snapshot(), created, s.generation()));
         log_.info("{}: replica {}: took snapshot {}", client_, s.replica(), s.snapshot());
         FillInfo(*replica, response->mutable_info());
         return Status::OK();
@@ -382,6 +388,19 @@ class ReplicaServer::ConnectionHandler {
       return hold.status();
     }
     const bool fua = (h.flags & wire::kFlagFua) != 0;
+    if (layer_writes_) {
+      switch (h.type) {
+        case MsgType::kWrite:
+          return replica_->WriteLayer(snapshot_, h.offset, Bytes(payload));
+        case MsgType::kTrim:
+        case MsgType::kWriteZeroes:
+          return replica_->ZeroLayer(snapshot_, h.offset, h.count);
+        case MsgType::kFlush:
+          return replica_->Flush();
+        default:
+          break;  // READ: the snapshot's view, below
+      }
+    }
     if (!snapshot_.empty() && h.type != MsgType::kRead && h.type != MsgType::kFlush) {
       return PermissionDenied("replica " + replica_name_ + " is open read-only at snapshot " +
                               snapshot_);
@@ -445,6 +464,7 @@ class ReplicaServer::ConnectionHandler {
   std::shared_ptr<Replica> replica_;
   std::string replica_name_;
   std::string snapshot_;
+  bool layer_writes_ = false;  // writes go into snapshot_'s own layer
   bool stale_logged_ = false;
   std::vector<std::uint8_t> read_buf_;
 };

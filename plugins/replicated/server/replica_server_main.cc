@@ -21,6 +21,7 @@
 #include <string_view>
 
 #include "hci/names.h"
+#include "process/process.h"
 #include "server/replica_server.h"
 
 namespace {
@@ -30,24 +31,6 @@ constexpr std::string_view kProgram = "hci-replica-server";
 int Usage(const std::string& message) {
   std::fprintf(stderr, "%s: %s\n", kProgram.data(), message.c_str());
   return 2;
-}
-
-// Writes `content` to `path` through a temporary file and a rename, so that a reader polling
-// for the file never sees it half-written.
-hci::Status WriteFileAtomically(const std::string& path, const std::string& content) {
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    out << content;
-    out.flush();
-    if (!out) return hci::Internal("--ready-file: cannot write \"" + tmp + "\"");
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    const int err = errno;
-    std::remove(tmp.c_str());
-    return hci::ErrnoStatus(err, "--ready-file: rename to \"" + path + "\"");
-  }
-  return hci::Status::OK();
 }
 
 }  // namespace
@@ -125,7 +108,9 @@ int main(int argc, char** argv) {
   }
   const std::string address = (*server)->address();
   if (!ready_file.empty()) {
-    if (hci::Status s = WriteFileAtomically(ready_file, address); !s.ok()) {
+    if (hci::Status s = hci::process::WriteFileAtomically(ready_file, address, 0644)
+                            .WithContext("--ready-file");
+        !s.ok()) {
       logger->critical("cannot write the ready file: {}", s.message());
       (*server)->Stop().IgnoreError();
       return 1;

@@ -325,6 +325,8 @@ struct LayerFiles {
   int fd = -1;
   std::unique_ptr<Bitmap> map;
   std::string what;  // `replica "r": layer-3.img`, for messages
+  // A snapshot layer written by WriteLayer/ZeroLayer since the last Flush.
+  std::atomic<bool> unsynced{false};
 };
 
 v1::Layer* FindLayer(v1::ReplicaMeta* meta, std::uint64_t id) {
@@ -405,7 +407,11 @@ class ReplicaImpl final : public Replica {
   Result<std::shared_lock<std::shared_mutex>> HoldGeneration(std::uint64_t generation) override;
   Status SetGeneration(std::uint64_t expected_generation, std::uint64_t generation,
                        bool rebuilding) override;
-  Status TakeSnapshot(std::string_view name, std::int64_t created_unix_ms) override;
+  Status TakeSnapshotAt(std::string_view name, std::int64_t created_unix_ms,
+                        std::uint64_t generation) override;
+  Status WriteLayer(std::string_view name, std::uint64_t offset,
+                    std::span<const std::uint8_t> data) override;
+  Status ZeroLayer(std::string_view name, std::uint64_t offset, std::uint64_t length) override;
   Status DeleteSnapshot(std::string_view name) override;
   Status Revert(std::string_view name) override;
   Status Expand(std::uint64_t size_bytes) override;
@@ -433,6 +439,9 @@ class ReplicaImpl final : public Replica {
 
   Status ReadChain(const std::vector<LayerFiles*>& chain, std::uint64_t offset,
                    std::span<std::uint8_t> out) const;
+  // WriteLayer (`data` non-empty) or ZeroLayer (`length` bytes).
+  Status FillLayer(std::string_view name, std::uint64_t offset, std::span<const std::uint8_t> data,
+                   std::uint64_t length);
   void RecordWrite(std::uint64_t offset, std::uint64_t length);
   Status MarkUnclean();
 
@@ -644,7 +653,14 @@ Status ReplicaImpl::Flush() {
   // write that completed before this Flush).
   const bool was_marked = marked_.exchange(false);
   const bool quiet = inflight_.load() == 0;
-  Status st = SyncHead();
+  Status st;
+  for (auto& [id, layer] : layers_) {
+    if (!st.ok() || layer.get() == Head() || !layer->unsynced.exchange(false)) continue;
+    if (::fdatasync(layer->fd) != 0) st = ErrnoStatus(errno, layer->what + ": fdatasync");
+    if (st.ok()) st = SaveMap(layer.get(), /*force=*/false);
+    if (!st.ok()) layer->unsynced.store(true);
+  }
+  if (st.ok()) st = SyncHead();
   if (st.ok() && was_marked && quiet) st = WriteMeta(meta_, /*unclean=*/false);
   if (was_marked && (!st.ok() || !quiet)) marked_.store(true);
   return st;
@@ -958,7 +974,41 @@ Status ReplicaImpl::SetGeneration(std::uint64_t expected_generation, std::uint64
   return Status::OK();
 }
 
-Status ReplicaImpl::TakeSnapshot(std::string_view name, std::int64_t created_unix_ms) {
+Status ReplicaImpl::FillLayer(std::string_view name, std::uint64_t offset,
+                              std::span<const std::uint8_t> data, std::uint64_t length) {
+  // admin_mu_: a merge of this layer (DeleteSnapshot) must not run while it is written.
+  std::lock_guard admin(admin_mu_);
+  std::shared_lock lock(mu_);
+  HCI_RETURN_NOT_OK(CheckLive());
+  const v1::Layer* snapshot = FindSnapshot(name);
+  if (snapshot == nullptr) return NotFound(who_ + ": snapshot " + Quote(name) + " does not exist");
+  HCI_RETURN_NOT_OK(CheckRange(offset, length, snapshot->size_bytes()));
+  if (length == 0) return Status::OK();
+  InflightGuard inflight(inflight_);
+  HCI_RETURN_NOT_OK(MarkUnclean());
+  LayerFiles* layer = layers_.at(snapshot->id()).get();
+  const std::uint64_t chunk = offset / kDirtyChunk;
+  // What another replica rebuilt from this one must copy: the live view may change here too.
+  dirty_->Set(chunk, DivRoundUp(offset + length, kDirtyChunk) - chunk);
+  layer->unsynced.store(true);
+  HCI_RETURN_NOT_OK(data.empty() ? ZeroRange(layer->fd, offset, length, layer->what)
+                                 : PwriteAll(layer->fd, data.data(), length, offset, layer->what));
+  layer->map->Set(offset / kStoreBlock, length / kStoreBlock);
+  return Status::OK();
+}
+
+Status ReplicaImpl::WriteLayer(std::string_view name, std::uint64_t offset,
+                               std::span<const std::uint8_t> data) {
+  if (data.empty()) return Status::OK();
+  return FillLayer(name, offset, data, data.size());
+}
+
+Status ReplicaImpl::ZeroLayer(std::string_view name, std::uint64_t offset, std::uint64_t length) {
+  return FillLayer(name, offset, {}, length);
+}
+
+Status ReplicaImpl::TakeSnapshotAt(std::string_view name, std::int64_t created_unix_ms,
+                                   std::uint64_t generation) {
   HCI_RETURN_NOT_OK(ValidateName("snapshot", name).WithContext(who_));
   std::lock_guard admin(admin_mu_);
   std::unique_lock lock(mu_);
@@ -973,6 +1023,7 @@ Status ReplicaImpl::TakeSnapshot(std::string_view name, std::int64_t created_uni
   frozen->set_snapshot(std::string(name));
   frozen->set_created_unix_ms(created_unix_ms);
   frozen->set_size_bytes(meta_.size_bytes());
+  frozen->set_generation(generation != 0 ? generation : meta_.generation());
   v1::Layer* head = next.add_layers();
   head->set_id(id);
   head->set_parent(meta_.head_layer());

@@ -65,8 +65,9 @@ class Replica {
   /// Reads as zeros afterwards. `punch`: deallocate when possible (TRIM); either way the blocks
   /// are owned by the head afterwards, so older layers no longer show through.
   virtual Status WriteZeroes(std::uint64_t offset, std::uint64_t length, bool punch, bool fua) = 0;
-  /// Makes every completed write durable: fdatasync of the head's file, then the layer map and
-  /// the current bitmap persisted, then `unclean = false` persisted.
+  /// Makes every completed write durable: fdatasync of the head's file (and of snapshot layers
+  /// written by WriteLayer/ZeroLayer), then the layer maps and the current bitmap persisted,
+  /// then `unclean = false` persisted.
   virtual Status Flush() = 0;
 
   /// The current generation (cheap: no copy of the metadata).
@@ -86,7 +87,23 @@ class Replica {
 
   /// Freezes the head as snapshot `name` and starts an empty head on top of it (persisted).
   /// Idempotent: an existing snapshot of that name is OK. InvalidArgument for a bad name.
-  virtual Status TakeSnapshot(std::string_view name, std::int64_t created_unix_ms) = 0;
+  /// The layer records the replica's current generation (v1::Layer.generation).
+  Status TakeSnapshot(std::string_view name, std::int64_t created_unix_ms) {
+    return TakeSnapshotAt(name, created_unix_ms, 0);
+  }
+  /// As TakeSnapshot, recording `generation` as the layer's (0: the current one); a rebuild
+  /// gives the source's so that every replica's layer names the same point.
+  virtual Status TakeSnapshotAt(std::string_view name, std::int64_t created_unix_ms,
+                                std::uint64_t generation) = 0;
+  /// Writes `data` into snapshot `name`'s own layer, which then owns those blocks (a rebuild
+  /// filling a layer the replica lacked; the layer's blocks must not change otherwise). Reads
+  /// of the head see it only where no newer layer owns the block. Recorded in the current
+  /// generation's changed-chunk bitmap; made durable by Flush(). NotFound for an unknown
+  /// snapshot; InvalidArgument for a range beyond the snapshot's size.
+  virtual Status WriteLayer(std::string_view name, std::uint64_t offset,
+                            std::span<const std::uint8_t> data) = 0;
+  /// As WriteLayer with `length` bytes of zeros (punched).
+  virtual Status ZeroLayer(std::string_view name, std::uint64_t offset, std::uint64_t length) = 0;
   /// Removes a snapshot: its blocks that its child does not own move into the child (merge),
   /// then its files go. With several children (after a revert) it is only marked removed and
   /// merged once a single child is left. OK when there is no such snapshot.

@@ -1,6 +1,7 @@
 #include "cluster.h"
 
 #include <fcntl.h>
+#include <openssl/evp.h>
 #include <signal.h>
 #include <sys/file.h>
 #include <sys/socket.h>
@@ -252,6 +253,53 @@ Result<v1::ReplicaMeta> Cluster::Meta(int node, const std::string& replica) {
   return response.info().meta();
 }
 
+Status Cluster::Control(int node, const v1::ControlRequest& request,
+                        v1::ControlResponse* response) {
+  HCI_ASSIGN_OR_RAISE(auto conn, wire::Dial(nodes_.at(node).address, secret_, "test", 5000));
+  return wire::Call(*conn, request, response);
+}
+
+Result<std::vector<std::string>> Cluster::SnapshotHashes(int node, const std::string& replica,
+                                                         const std::string& snapshot) {
+  HCI_ASSIGN_OR_RAISE(auto conn, wire::Dial(nodes_.at(node).address, secret_, "test", 5000));
+  v1::ControlRequest open;
+  open.mutable_open()->set_replica(replica);
+  open.mutable_open()->set_snapshot(snapshot);
+  v1::ControlResponse opened;
+  HCI_RETURN_NOT_OK(wire::Call(*conn, open, &opened));
+  std::uint64_t size = 0;
+  for (const auto& layer : opened.info().meta().layers()) {
+    if (layer.snapshot() == snapshot && !layer.removed()) size = layer.size_bytes();
+  }
+  std::vector<std::string> out;
+  std::vector<std::uint8_t> buf(1 << 20);
+  for (std::uint64_t off = 0; off < size; off += buf.size()) {
+    wire::Header h;
+    h.type = wire::MsgType::kRead;
+    h.handle = 1;
+    h.offset = off;
+    h.count = static_cast<std::uint32_t>(std::min<std::uint64_t>(buf.size(), size - off));
+    h.generation = opened.info().meta().generation();
+    HCI_RETURN_NOT_OK(conn->Send(h));
+    wire::Header answer;
+    std::string data;
+    HCI_RETURN_NOT_OK(conn->Receive(&answer, &data));
+    if (answer.status != 0) return wire::ErrnoToStatus(answer.status, "snapshot read");
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int len = 0;
+    EVP_Digest(data.data(), data.size(), md, &len, EVP_sha256(), nullptr);
+    out.emplace_back(reinterpret_cast<const char*>(md), len);
+  }
+  return out;
+}
+
+int Cluster::NodeIndex(const std::string& name) const {
+  for (int i = 0; i < size(); ++i) {
+    if (nodes_[i].name == name) return i;
+  }
+  return -1;
+}
+
 // ---- EngineProcess ----
 
 Result<std::unique_ptr<EngineProcess>> EngineProcess::Start(Cluster& cluster,
@@ -310,6 +358,15 @@ Result<v1::EngineStatus> EngineProcess::GetStatus() {
   request.set_status(true);
   HCI_ASSIGN_OR_RAISE(auto response, wire::CallEngine(config_.control_socket(), request, 5000));
   return response.status();
+}
+
+hci::Status EngineProcess::Request(const v1::EngineRequest& request, v1::EngineResponse* response) {
+  HCI_ASSIGN_OR_RAISE(auto answer, wire::CallEngine(config_.control_socket(), request, 30000));
+  if (response != nullptr) *response = answer;
+  if (answer.code() != 0) {
+    return Status(static_cast<StatusCode>(answer.code()), answer.message());
+  }
+  return hci::Status::OK();
 }
 
 hci::Status EngineProcess::WaitHealthy(int timeout_ms) {

@@ -58,6 +58,14 @@ class Cluster {
   Result<std::vector<std::string>> Hashes(int node, const std::string& replica,
                                           std::uint64_t size_bytes);
   Result<v1::ReplicaMeta> Meta(int node, const std::string& replica);
+  /// One control request to the node's server; the response's status.
+  Status Control(int node, const v1::ControlRequest& request, v1::ControlResponse* response);
+  /// SHA-256 of each 1 MiB extent of the replica's view at `snapshot`, read through a
+  /// connection opened at that snapshot (generation: the replica's current one).
+  Result<std::vector<std::string>> SnapshotHashes(int node, const std::string& replica,
+                                                  const std::string& snapshot);
+  /// The node whose name is `name`, or -1.
+  int NodeIndex(const std::string& name) const;
 
  private:
   Cluster() = default;
@@ -84,6 +92,9 @@ class EngineProcess {
   Result<v1::EngineStatus> GetStatus();
   /// Waits until every member is healthy (or `timeout_ms` passes).
   hci::Status WaitHealthy(int timeout_ms);
+  /// Any EngineRequest through the control socket; the response's code as a Status.
+  hci::Status Request(const v1::EngineRequest& request, v1::EngineResponse* response = nullptr);
+  const std::string& config_file() const { return config_file_; }
 
  private:
   Cluster* cluster_ = nullptr;

@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
+#include <string>
 
 #include "hci/conformance/conformance.h"
 #include "plugin_test_nodes.h"
@@ -45,7 +46,16 @@ int main(int argc, char** argv) {
     return 2;
   }
   (*suite)->RegisterTests();
-  const int rc = RUN_ALL_TESTS();
+  int rc = RUN_ALL_TESTS();
+  // `--matrix FILE`: this run's support-matrix fragment, for conformance.matrix
+  // (docs/support-matrix.md), as `hci-conformance --matrix` writes it for the other plugins.
+  for (int i = 1; i + 1 < argc; ++i) {
+    if (std::string(argv[i]) != "--matrix") continue;
+    if (auto st = hci::conformance::WriteMatrixJson((*suite)->Matrix(), argv[i + 1]); !st.ok()) {
+      std::cerr << "replicated conformance: --matrix: " << st << "\n";
+      rc = rc == 0 ? 2 : rc;
+    }
+  }
   // The kit's Host (and the engines it attached) go before the nodes.
   suite->reset();
   return rc;

@@ -1,18 +1,25 @@
 // The replicated plugin: the real hci_replicated.so loaded by hci::Host, against real
 // hci-replica-server processes on 127.0.0.1, real nbdkit engines, libnbd and qemu-io as the
 // clients of the attached volumes.
+#include <fcntl.h>
 #include <gmock/gmock.h>
 #include <google/protobuf/util/json_util.h>
 #include <gtest/gtest.h>
 #include <libnbd.h>
+#include <signal.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <mutex>
 #include <optional>
 #include <set>
+#include <thread>
 
 #include "hci/hci.h"
 #include "plugin_test_nodes.h"
@@ -91,6 +98,7 @@ class Nbd {
     }
   }
   bool ok() const { return h_ != nullptr; }
+  nbd_handle* handle() { return h_; }
   int64_t Size() { return nbd_get_size(h_); }
   void Write(std::uint64_t offset, std::uint64_t length, std::uint8_t byte) {
     std::vector<std::uint8_t> buf(length, byte);
@@ -247,7 +255,9 @@ TEST_F(ReplicatedPluginTest, CreateMakesHealthyReplicasOnDistinctNodesAtGenerati
   EXPECT_TRUE(caps.replication());
   EXPECT_EQ(caps.max_replicas(), 3u);
   EXPECT_TRUE(caps.snapshots() && caps.revert() && caps.changed_blocks());
-  EXPECT_FALSE(caps.clone() || caps.from_image() || caps.expand() || caps.online_expand());
+  EXPECT_TRUE(caps.clone());
+  EXPECT_FALSE(caps.from_image());
+  EXPECT_TRUE(caps.expand() && caps.online_expand());
 
   auto created = Create("vol1");
   ASSERT_TRUE(created.ok()) << created.status();
@@ -310,11 +320,13 @@ TEST_F(ReplicatedPluginTest, BadSpecsAreRefusedNamingTheField) {
   EXPECT_EQ(empty.status().code(), StatusCode::kInvalidArgument);
   EXPECT_THAT(empty.status().message(), HasSubstr("spec.size_bytes"));
 
-  v1::CreateVolumeRequest clone;
-  clone.mutable_metadata()->set_name("clone");
-  clone.mutable_spec()->set_size_bytes(kSize);
-  clone.mutable_spec()->mutable_source()->set_volume("odd");
-  EXPECT_EQ(storage_->CreateVolume(clone).status().code(), StatusCode::kUnimplemented);
+  v1::CreateVolumeRequest from_image;
+  from_image.mutable_metadata()->set_name("from-image");
+  from_image.mutable_spec()->set_size_bytes(kSize);
+  from_image.mutable_spec()->mutable_source()->set_image("debian");
+  auto refused = storage_->CreateVolume(from_image);
+  EXPECT_EQ(refused.status().code(), StatusCode::kUnimplemented);
+  EXPECT_THAT(refused.status().message(), HasSubstr("spec.source.image"));
   EXPECT_EQ(storage_->ListVolumes({})->volumes_size(), 0);
 }
 
@@ -741,6 +753,285 @@ TEST_F(ReplicatedPluginTest, DetachedSnapshotsNeedEveryReplica) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Expand
+
+class ReplicatedExpandTest : public ReplicatedPluginTest {
+ protected:
+  Result<v1::Volume> Expand(const std::string& name, std::uint64_t size) {
+    v1::ExpandVolumeRequest r;
+    r.set_name(name);
+    r.set_size_bytes(size);
+    return storage_->ExpandVolume(r);
+  }
+  // The size of a replica's head layer file: frozen snapshot layers keep the size they were
+  // taken at, so the largest layer file is the head.
+  std::uint64_t ReplicaBytes(int node, const std::string& replica) {
+    std::uint64_t largest = 0;
+    std::error_code ec;
+    for (const auto& f :
+         std::filesystem::directory_iterator(nodes_->node(node).data_dir + "/" + replica, ec)) {
+      if (f.path().extension() == ".img") {
+        largest = std::max<std::uint64_t>(largest, std::filesystem::file_size(f.path()));
+      }
+    }
+    return largest;
+  }
+  void ExpectReplicasHold(const std::string& volume, std::uint64_t size) {
+    for (int i = 0; i < 3; ++i) {
+      const std::string replica = volume + "-r" + std::to_string(i);
+      // Placement puts replica k on some node: find it.
+      int node = -1;
+      for (int n = 0; n < 3; ++n) {
+        if (nodes_->HasReplica(n, replica)) node = n;
+      }
+      ASSERT_GE(node, 0) << replica;
+      EXPECT_EQ(ReplicaBytes(node, replica), size) << replica << " on node" << node;
+    }
+  }
+};
+
+TEST_F(ReplicatedExpandTest, CapabilitiesClaimOfflineAndOnlineExpand) {
+  auto caps = storage_->Capabilities();
+  EXPECT_TRUE(caps.expand());
+  EXPECT_TRUE(caps.online_expand());
+}
+
+TEST_F(ReplicatedExpandTest, DetachedExpandKeepsOldDataAndNewSpaceReadsZero) {
+  ASSERT_TRUE(Create("grow").ok());
+  {
+    auto info = Attach("grow");
+    ASSERT_TRUE(info.ok()) << info.status();
+    Nbd nbd(SocketOf(*info));
+    ASSERT_TRUE(nbd.ok());
+    nbd.Write(0, kMiB, 0x11);
+    nbd.Write(kSize - 4096, 4096, 0x22);
+    nbd.Flush();
+  }
+  ASSERT_TRUE(Detach("grow").ok());
+  ASSERT_TRUE(Snapshot("grow", "small").ok());
+
+  const std::uint64_t bigger = kSize + 8 * kMiB;
+  auto grown = Expand("grow", bigger);
+  ASSERT_TRUE(grown.ok()) << grown.status();
+  EXPECT_EQ(grown->spec().size_bytes(), bigger);
+  EXPECT_EQ(grown->status().capacity_bytes(), bigger);
+  EXPECT_EQ(grown->status().robustness(), v1::VOLUME_ROBUSTNESS_HEALTHY) << JsonOf(*grown);
+  ExpectReplicasHold("grow", bigger);
+  auto event = events_.WaitFor("VolumeExpanded", "grow");
+  ASSERT_TRUE(event.has_value());
+  EXPECT_THAT(event->message(), HasSubstr(std::to_string(bigger)));
+  // Idempotent: the same size again changes nothing.
+  auto same = Expand("grow", bigger);
+  ASSERT_TRUE(same.ok()) << same.status();
+  EXPECT_EQ(events_.Count("VolumeExpanded", "grow"), 1);
+  // The record survives the Host.
+  Close();
+  Open();
+  EXPECT_EQ(Get("grow")->status().capacity_bytes(), bigger);
+
+  {
+    auto info = Attach("grow");
+    ASSERT_TRUE(info.ok()) << info.status();
+    Nbd nbd(SocketOf(*info));
+    ASSERT_TRUE(nbd.ok());
+    EXPECT_EQ(nbd.Size(), static_cast<int64_t>(bigger));
+    EXPECT_EQ(nbd.Check(0, kMiB, 0x11), "");
+    EXPECT_EQ(nbd.Check(kSize - 4096, 4096, 0x22), "");
+    EXPECT_EQ(nbd.Check(kSize, bigger - kSize, 0), "") << "new space must read zeroes";
+    nbd.Write(bigger - 4096, 4096, 0x33);
+    nbd.Flush();
+  }
+  ASSERT_TRUE(Detach("grow").ok());
+
+  // A snapshot from before the expand is smaller; reverting to it keeps the volume's size.
+  v1::RevertVolumeRequest revert;
+  revert.set_volume("grow");
+  revert.set_snapshot("small");
+  auto reverted = storage_->RevertVolume(revert);
+  ASSERT_TRUE(reverted.ok()) << reverted.status();
+  EXPECT_EQ(reverted->status().capacity_bytes(), bigger);
+  ExpectReplicasHold("grow", bigger);
+  auto info = Attach("grow");
+  ASSERT_TRUE(info.ok()) << info.status();
+  Nbd nbd(SocketOf(*info));
+  ASSERT_TRUE(nbd.ok());
+  EXPECT_EQ(nbd.Size(), static_cast<int64_t>(bigger));
+  EXPECT_EQ(nbd.Check(kSize - 4096, 4096, 0x22), "");
+  EXPECT_EQ(nbd.Check(kSize, bigger - kSize, 0), "") << "the revert kept data past the snapshot";
+}
+
+TEST_F(ReplicatedExpandTest, BadSizesAreInvalidArgumentNamingSizeBytes) {
+  ASSERT_TRUE(Create("sized").ok());
+  const std::vector<std::uint64_t> bad_sizes = {0, kSize + 100, kSize - 4096, (1ull << 50) + 4096};
+  for (std::uint64_t bad : bad_sizes) {
+    auto refused = Expand("sized", bad);
+    EXPECT_EQ(refused.status().code(), StatusCode::kInvalidArgument) << bad;
+    EXPECT_THAT(refused.status().message(), HasSubstr("size_bytes")) << bad;
+  }
+  EXPECT_THAT(Expand("sized", kSize - 4096).status().message(), HasSubstr("smaller"));
+  auto same = Expand("sized", kSize);
+  ASSERT_TRUE(same.ok()) << same.status();
+  EXPECT_EQ(same->status().capacity_bytes(), kSize);
+  EXPECT_EQ(Expand("nope", kSize).status().code(), StatusCode::kNotFound);
+  ExpectReplicasHold("sized", kSize);
+  EXPECT_EQ(events_.Count("VolumeExpanded", "sized"), 0);
+}
+
+TEST_F(ReplicatedExpandTest, DetachedExpandNeedsEveryReplicaAndARetryFinishesIt) {
+  ASSERT_TRUE(Create("held").ok());
+  nodes_->Kill(2);
+  auto refused = Expand("held", 2 * kSize);
+  EXPECT_EQ(refused.status().code(), StatusCode::kUnavailable) << refused.status();
+  EXPECT_THAT(refused.status().message(), HasSubstr("held-r2"));
+  EXPECT_EQ(Get("held")->status().capacity_bytes(), kSize) << "the record claims a size the "
+                                                              "replicas do not all have";
+  ASSERT_TRUE(nodes_->StartServer(2).ok());
+  auto grown = Expand("held", 2 * kSize);
+  ASSERT_TRUE(grown.ok()) << grown.status();
+  EXPECT_EQ(grown->status().capacity_bytes(), 2 * kSize);
+  ExpectReplicasHold("held", 2 * kSize);
+}
+
+// Online: through the engine while a libnbd client writes. Its connection keeps the size it was
+// told (NBD has no resize notification); a new connection sees the new size; no acknowledged
+// write is lost.
+TEST_F(ReplicatedExpandTest, AttachedExpandGoesThroughTheEngineWhileAWriterRuns) {
+  ASSERT_TRUE(Create("live").ok());
+  auto info = Attach("live");
+  ASSERT_TRUE(info.ok()) << info.status();
+  const std::string socket = SocketOf(*info);
+  constexpr std::uint64_t kBlocks = 256;  // the writer's region: the first MiB
+  std::vector<std::uint32_t> acked(kBlocks, 0);
+  std::atomic<bool> stop{false};
+  std::atomic<std::uint32_t> writes{0};
+  std::string writer_error;
+  std::thread writer([&] {
+    nbd_handle* h = nbd_create();
+    if (nbd_connect_unix(h, socket.c_str()) != 0) {
+      writer_error = nbd_get_error();
+      nbd_close(h);
+      return;
+    }
+    std::vector<std::uint32_t> block(1024);
+    for (std::uint32_t seq = 1; !stop.load(); ++seq) {
+      const std::uint64_t b = (seq * 37) % kBlocks;
+      std::fill(block.begin(), block.end(), seq);
+      if (nbd_pwrite(h, block.data(), 4096, b * 4096, 0) != 0) {
+        writer_error = nbd_get_error();
+        break;
+      }
+      acked[b] = seq;
+      if (seq % 16 == 0 && nbd_flush(h, 0) != 0) {
+        writer_error = nbd_get_error();
+        break;
+      }
+      ++writes;
+    }
+    nbd_shutdown(h, 0);
+    nbd_close(h);
+  });
+  while (writes.load() < 50 && writer_error.empty()) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  const std::uint64_t bigger = 3 * kSize;
+  auto grown = Expand("live", bigger);
+  const std::uint32_t at_expand = writes.load();
+  ASSERT_TRUE(grown.ok()) << grown.status();
+  EXPECT_EQ(grown->status().capacity_bytes(), bigger);
+  EXPECT_EQ(grown->status().robustness(), v1::VOLUME_ROBUSTNESS_HEALTHY) << JsonOf(*grown);
+  ExpectReplicasHold("live", bigger);
+  {
+    Nbd fresh(socket);
+    ASSERT_TRUE(fresh.ok());
+    EXPECT_EQ(fresh.Size(), static_cast<int64_t>(bigger)) << "a new connection sees the size";
+    EXPECT_EQ(fresh.Check(kSize, bigger - kSize, 0), "");
+    fresh.Write(bigger - 4096, 4096, 0x44);
+    fresh.Flush();
+  }
+  while (writes.load() < at_expand + 50 && writer_error.empty()) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  stop = true;
+  writer.join();
+  ASSERT_EQ(writer_error, "") << "a write failed across the expand";
+  EXPECT_TRUE(events_.WaitFor("VolumeExpanded", "live").has_value());
+
+  // Every acknowledged write is there, through a new connection and after a re-attach.
+  auto verify = [&](const std::string& sock) {
+    nbd_handle* h = nbd_create();
+    ASSERT_EQ(nbd_connect_unix(h, sock.c_str()), 0) << nbd_get_error();
+    EXPECT_EQ(nbd_get_size(h), static_cast<int64_t>(bigger));
+    std::vector<std::uint32_t> block(1024);
+    for (std::uint64_t b = 0; b < kBlocks; ++b) {
+      ASSERT_EQ(nbd_pread(h, block.data(), 4096, b * 4096, 0), 0) << nbd_get_error();
+      EXPECT_EQ(block[0], acked[b]) << "block " << b;
+      EXPECT_EQ(block[1023], acked[b]) << "block " << b;
+    }
+    ASSERT_EQ(nbd_pread(h, block.data(), 4096, bigger - 4096, 0), 0) << nbd_get_error();
+    EXPECT_EQ(block[0], 0x44444444u);
+    nbd_shutdown(h, 0);
+    nbd_close(h);
+  };
+  verify(socket);
+  ASSERT_TRUE(Detach("live").ok());
+  EXPECT_EQ(Get("live")->status().capacity_bytes(), bigger);
+  auto again = Attach("live");
+  ASSERT_TRUE(again.ok()) << again.status();
+  verify(SocketOf(*again));
+}
+
+// A replica that is down during an online expand misses it: its rebuild grows it first.
+TEST_F(ReplicatedExpandTest, AReplicaThatMissedTheExpandIsGrownByItsRebuild) {
+  ASSERT_TRUE(Create("late").ok());
+  auto info = Attach("late");
+  ASSERT_TRUE(info.ok()) << info.status();
+  nodes_->Kill(1);
+  const std::uint64_t bigger = 2 * kSize;
+  {
+    Nbd nbd(SocketOf(*info));
+    ASSERT_TRUE(nbd.ok());
+    nbd.Write(0, kMiB, 0x55);  // the engine notices the dead replica
+    nbd.Flush();
+  }
+  auto grown = Expand("late", bigger);
+  ASSERT_TRUE(grown.ok()) << grown.status();
+  {
+    Nbd nbd(SocketOf(*info));
+    ASSERT_TRUE(nbd.ok());
+    ASSERT_EQ(nbd.Size(), static_cast<int64_t>(bigger));
+    nbd.Write(bigger - kMiB, kMiB, 0x66);  // beyond the old end: must reach the late replica
+    nbd.Flush();
+  }
+  ASSERT_TRUE(nodes_->StartServer(1).ok());
+  bool healthy = false;
+  for (auto until = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+       std::chrono::steady_clock::now() < until && !healthy;) {
+    auto got = Get("late");
+    healthy = got.ok() && got->status().robustness() == v1::VOLUME_ROBUSTNESS_HEALTHY;
+    if (!healthy) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  ASSERT_TRUE(healthy) << JsonOf(*Get("late"));
+  ExpectReplicasHold("late", bigger);
+  ASSERT_TRUE(Detach("late").ok());
+  // The late replica's own layer file (its data at the volume's offsets) holds the write.
+  std::string head;
+  for (const auto& dir : std::filesystem::directory_iterator(nodes_->node(1).data_dir)) {
+    if (!dir.path().filename().string().starts_with("late-r")) continue;
+    for (const auto& f : std::filesystem::directory_iterator(dir.path())) {
+      if (f.path().extension() == ".img") head = f.path().string();
+    }
+  }
+  ASSERT_FALSE(head.empty());
+  std::ifstream in(head, std::ios::binary);
+  std::vector<char> tail(kMiB);
+  in.seekg(static_cast<std::streamoff>(bigger - kMiB));
+  in.read(tail.data(), static_cast<std::streamsize>(tail.size()));
+  ASSERT_TRUE(in.good());
+  EXPECT_TRUE(std::all_of(tail.begin(), tail.end(), [](char c) { return c == 0x66; }))
+      << "the rebuild did not copy the write beyond the old end";
+}
+
+// ---------------------------------------------------------------------------------------------
 // Delete
 
 TEST_F(ReplicatedPluginTest, DeleteRemovesTheReplicasFromTheNodes) {
@@ -770,6 +1061,622 @@ TEST_F(ReplicatedPluginTest, DeleteRemovesTheReplicasFromTheNodes) {
   }
   EXPECT_TRUE(Delete("gone").ok()) << "deleting a missing volume is OK";
   EXPECT_FALSE(std::filesystem::exists(state_dir_ + "/plugins/replicated/volumes/gone.json"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clones
+
+class ReplicatedCloneTest : public ReplicatedPluginTest {
+ protected:
+  Result<v1::Volume> CloneVolume(const std::string& name, const std::string& source,
+                                 std::uint64_t size = 0) {
+    v1::CreateVolumeRequest r;
+    r.mutable_metadata()->set_name(name);
+    r.mutable_spec()->set_size_bytes(size);
+    r.mutable_spec()->mutable_source()->set_volume(source);
+    return storage_->CreateVolume(r);
+  }
+  Result<v1::Volume> CloneSnapshot(const std::string& name, const std::string& volume,
+                                   const std::string& snapshot, std::uint64_t size = 0) {
+    v1::CreateVolumeRequest r;
+    r.mutable_metadata()->set_name(name);
+    r.mutable_spec()->set_size_bytes(size);
+    r.mutable_spec()->mutable_source()->mutable_snapshot()->set_volume(volume);
+    r.mutable_spec()->mutable_source()->mutable_snapshot()->set_snapshot(snapshot);
+    return storage_->CreateVolume(r);
+  }
+
+  // One range of a volume and the byte every one of its bytes must hold.
+  struct Expect {
+    std::uint64_t offset;
+    std::uint64_t length;
+    std::uint8_t byte;
+  };
+
+  // Attaches `volume`, checks its size and every range, detaches it.
+  void ExpectContent(const std::string& volume, std::uint64_t size,
+                     const std::vector<Expect>& ranges) {
+    auto info = Attach(volume, "checker");
+    ASSERT_TRUE(info.ok()) << info.status();
+    {
+      Nbd nbd(SocketOf(*info));
+      ASSERT_TRUE(nbd.ok());
+      EXPECT_EQ(nbd.Size(), static_cast<int64_t>(size));
+      for (const Expect& e : ranges) {
+        EXPECT_EQ(nbd.Check(e.offset, e.length, e.byte), "")
+            << volume << " at [" << e.offset << ", +" << e.length << ")";
+      }
+    }
+    ASSERT_TRUE(Detach(volume, "checker").ok());
+  }
+
+  // Attaches `volume`, writes each range and flushes, detaches it.
+  void WriteAndDetach(const std::string& volume, const std::vector<Expect>& ranges) {
+    auto info = Attach(volume, "writer");
+    ASSERT_TRUE(info.ok()) << info.status();
+    {
+      Nbd nbd(SocketOf(*info));
+      ASSERT_TRUE(nbd.ok());
+      for (const Expect& e : ranges) nbd.Write(e.offset, e.length, e.byte);
+      nbd.Flush();
+    }
+    ASSERT_TRUE(Detach(volume, "writer").ok());
+  }
+
+  // The data file of each replica of a volume that has no snapshots (a single layer, whose
+  // file holds the volume's bytes at their offsets), read from the nodes' data directories.
+  std::map<std::string, std::string> ReplicaFiles(const std::string& volume) {
+    std::map<std::string, std::string> out;
+    auto got = Get(volume);
+    EXPECT_TRUE(got.ok()) << got.status();
+    if (!got.ok()) return out;
+    for (const auto& r : got->status().replicas()) {
+      const int node = r.node().back() - '0';
+      const std::string dir = nodes_->node(node).data_dir + "/" + r.name();
+      std::vector<std::string> layers;
+      for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+        const std::string file = entry.path().filename().string();
+        if (file.starts_with("layer-") && file.ends_with(".img")) layers.push_back(file);
+      }
+      EXPECT_EQ(layers.size(), 1u) << r.name() << " on " << r.node();
+      if (layers.size() == 1) out[r.name()] = ReadAll(dir + "/" + layers[0]);
+    }
+    return out;
+  }
+
+  // Every replica of `volume` holds the same bytes (compared whole, not by a sample).
+  void ExpectReplicasIdentical(const std::string& volume, std::size_t replicas = 3) {
+    auto files = ReplicaFiles(volume);
+    ASSERT_EQ(files.size(), replicas) << volume;
+    const std::string& first = files.begin()->second;
+    EXPECT_FALSE(first.empty());
+    for (const auto& [name, content] : files) {
+      EXPECT_TRUE(content == first)
+          << "replica " << name << " of " << volume << " differs from " << files.begin()->first;
+    }
+  }
+
+  bool HasCloneOperation(const std::string& volume, v1::OperationPhase phase) {
+    for (const auto& op : host_->ListOperations()) {
+      if (op.kind() == "CloneVolume" && op.object().name() == volume && op.phase() == phase) {
+        return true;
+      }
+    }
+    return false;
+  }
+
+  void ExpectNoReplicas(const std::string& volume) {
+    EXPECT_EQ(Get(volume).status().code(), StatusCode::kNotFound);
+    for (int i = 0; i < 3; ++i) {
+      for (int k = 0; k < 3; ++k) {
+        EXPECT_FALSE(nodes_->HasReplica(i, volume + "-r" + std::to_string(k)))
+            << volume << "-r" << k << " left on node" << i;
+      }
+    }
+  }
+};
+
+TEST_F(ReplicatedCloneTest, CloneOfASnapshotHoldsTheSnapshotNotLaterWrites) {
+  ASSERT_TRUE(Create("src").ok());
+  auto info = Attach("src");
+  ASSERT_TRUE(info.ok()) << info.status();
+  {
+    Nbd nbd(SocketOf(*info));
+    ASSERT_TRUE(nbd.ok());
+    nbd.Write(0, kMiB, 0xA1);
+    nbd.Write(8 * kMiB, 64 * 1024, 0xA2);
+    nbd.Flush();
+    ASSERT_TRUE(Snapshot("src", "s1").ok());
+    nbd.Write(0, kMiB, 0xB1);
+    nbd.Write(4 * kMiB, 4096, 0xB2);
+    nbd.Flush();
+  }
+  ASSERT_TRUE(Detach("src").ok());
+
+  auto clone = CloneSnapshot("restored", "src", "s1");
+  ASSERT_TRUE(clone.ok()) << clone.status();
+  EXPECT_EQ(clone->spec().size_bytes(), kSize) << "size 0 takes the snapshot's size";
+  EXPECT_EQ(clone->status().capacity_bytes(), kSize);
+  EXPECT_EQ(clone->status().robustness(), v1::VOLUME_ROBUSTNESS_HEALTHY) << JsonOf(*clone);
+  ASSERT_EQ(clone->status().replicas_size(), 3);
+  for (const auto& r : clone->status().replicas()) {
+    EXPECT_EQ(r.state(), v1::REPLICA_STATE_HEALTHY) << JsonOf(*clone);
+  }
+  EXPECT_GE(clone->status().actual_size_bytes(), kMiB + 64 * 1024);
+  EXPECT_LT(clone->status().actual_size_bytes(), 4 * kMiB) << "only allocated data is copied";
+  auto cloned = events_.WaitFor("VolumeCloned", "restored");
+  ASSERT_TRUE(cloned.has_value());
+  EXPECT_THAT(cloned->message(), HasSubstr("snapshot \"s1\" of volume \"src\""));
+  EXPECT_TRUE(HasCloneOperation("restored", v1::OPERATION_PHASE_SUCCEEDED));
+  EXPECT_TRUE(SnapshotNames("restored").empty()) << "a clone does not take the source's snapshots";
+
+  ExpectReplicasIdentical("restored");
+  ExpectContent("restored", kSize,
+                {{0, kMiB, 0xA1},
+                 {kMiB, 3 * kMiB, 0},
+                 {4 * kMiB, 4096, 0},
+                 {8 * kMiB, 64 * 1024, 0xA2},
+                 {8 * kMiB + 64 * 1024, kSize - 8 * kMiB - 64 * 1024, 0}});
+  // The source is untouched.
+  ExpectContent("src", kSize, {{0, kMiB, 0xB1}, {4 * kMiB, 4096, 0xB2}, {8 * kMiB, 4096, 0xA2}});
+  EXPECT_EQ(SnapshotNames("src"), (std::vector<std::string>{"s1"}));
+
+  // Idempotent by name; another spec under the name is AlreadyExists.
+  auto again = CloneSnapshot("restored", "src", "s1");
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->metadata().uid(), clone->metadata().uid());
+  EXPECT_EQ(events_.Count("VolumeCloned", "restored"), 1) << "a repeat copies nothing";
+  EXPECT_EQ(CloneVolume("restored", "src").status().code(), StatusCode::kAlreadyExists);
+}
+
+TEST_F(ReplicatedCloneTest, CloneOfADetachedVolumeIsAnIndependentCopy) {
+  ASSERT_TRUE(Create("src").ok());
+  WriteAndDetach("src", {{0, 4096, 0x11}, {5 * kMiB, 3 * kMiB, 0x12}, {kSize - 4096, 4096, 0x13}});
+
+  const auto began = std::chrono::steady_clock::now();
+  auto clone = CloneVolume("copy", "src");
+  const auto took = std::chrono::steady_clock::now() - began;
+  ASSERT_TRUE(clone.ok()) << clone.status();
+  std::cerr << "clone of a detached volume with " << (4096 + 3 * kMiB + 4096)
+            << " allocated bytes (3 replicas) took "
+            << std::chrono::duration_cast<std::chrono::milliseconds>(took).count() << " ms\n";
+  EXPECT_EQ(clone->spec().size_bytes(), kSize);
+  EXPECT_EQ(clone->spec().source().volume(), "src");
+  ExpectReplicasIdentical("copy");
+
+  // Writes to the clone do not reach the source and the other way round.
+  WriteAndDetach("copy", {{0, 4096, 0x21}});
+  WriteAndDetach("src", {{5 * kMiB, 4096, 0x31}});
+  ExpectContent("src", kSize, {{0, 4096, 0x11}, {5 * kMiB, 4096, 0x31}});
+
+  // Deleting the source leaves the clone whole.
+  ASSERT_TRUE(Delete("src").ok());
+  ExpectContent("copy", kSize,
+                {{0, 4096, 0x21},
+                 {4096, 5 * kMiB - 4096, 0},
+                 {5 * kMiB, 3 * kMiB, 0x12},
+                 {8 * kMiB, kSize - 8 * kMiB - 4096, 0},
+                 {kSize - 4096, 4096, 0x13}});
+  auto got = Get("copy");
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->status().robustness(), v1::VOLUME_ROBUSTNESS_HEALTHY) << JsonOf(*got);
+}
+
+TEST_F(ReplicatedCloneTest, CloneOfAnAttachedVolumeUsesATemporarySnapshot) {
+  ASSERT_TRUE(Create("live").ok());
+  auto info = Attach("live");
+  ASSERT_TRUE(info.ok()) << info.status();
+  Nbd nbd(SocketOf(*info));
+  ASSERT_TRUE(nbd.ok());
+  nbd.Write(0, 2 * kMiB, 0x41);
+  nbd.Write(10 * kMiB, 4096, 0x42);
+  nbd.Flush();
+
+  auto clone = CloneVolume("hot-copy", "live");
+  ASSERT_TRUE(clone.ok()) << clone.status();
+  EXPECT_TRUE(SnapshotNames("live").empty()) << "the temporary snapshot is deleted";
+  auto cloned = events_.WaitFor("VolumeCloned", "hot-copy");
+  ASSERT_TRUE(cloned.has_value());
+  // The source goes on serving its attacher.
+  nbd.Write(0, 4096, 0x43);
+  nbd.Flush();
+  EXPECT_EQ(nbd.Check(0, 4096, 0x43), "");
+  EXPECT_EQ(nbd.Check(10 * kMiB, 4096, 0x42), "");
+  auto live = Get("live");
+  ASSERT_TRUE(live.ok()) << live.status();
+  EXPECT_EQ(live->status().attached_to(), "vm-a");
+
+  ExpectReplicasIdentical("hot-copy");
+  ExpectContent("hot-copy", kSize,
+                {{0, 2 * kMiB, 0x41}, {2 * kMiB, 8 * kMiB, 0}, {10 * kMiB, 4096, 0x42}});
+}
+
+TEST_F(ReplicatedCloneTest, ALargerCloneReadsZerosPastTheSourceAndASmallerOneIsRefused) {
+  ASSERT_TRUE(Create("small").ok());
+  WriteAndDetach("small", {{kSize - 4096, 4096, 0x51}});
+
+  auto bigger = CloneVolume("bigger", "small", 2 * kSize);
+  ASSERT_TRUE(bigger.ok()) << bigger.status();
+  EXPECT_EQ(bigger->spec().size_bytes(), 2 * kSize);
+  EXPECT_EQ(bigger->status().capacity_bytes(), 2 * kSize);
+  ExpectContent("bigger", 2 * kSize,
+                {{0, kSize - 4096, 0}, {kSize - 4096, 4096, 0x51}, {kSize, kSize, 0}});
+
+  auto smaller = CloneVolume("smaller", "small", kSize / 2);
+  EXPECT_EQ(smaller.status().code(), StatusCode::kInvalidArgument) << smaller.status();
+  EXPECT_THAT(smaller.status().message(), HasSubstr("spec.size_bytes"));
+  ExpectNoReplicas("smaller");
+  ASSERT_TRUE(Snapshot("small", "s").ok());
+  auto from_snap = CloneSnapshot("smaller", "small", "s", kSize - 4096);
+  EXPECT_EQ(from_snap.status().code(), StatusCode::kInvalidArgument) << from_snap.status();
+  EXPECT_THAT(from_snap.status().message(), HasSubstr("spec.size_bytes"));
+  ExpectNoReplicas("smaller");
+}
+
+TEST_F(ReplicatedCloneTest, AMissingSourceIsNotFoundNamingTheField) {
+  ASSERT_TRUE(Create("here").ok());
+  auto no_volume = CloneVolume("c1", "nowhere");
+  EXPECT_EQ(no_volume.status().code(), StatusCode::kNotFound) << no_volume.status();
+  EXPECT_THAT(no_volume.status().message(), HasSubstr("spec.source.volume"));
+  auto no_parent = CloneSnapshot("c2", "nowhere", "s");
+  EXPECT_EQ(no_parent.status().code(), StatusCode::kNotFound) << no_parent.status();
+  EXPECT_THAT(no_parent.status().message(), HasSubstr("spec.source.snapshot"));
+  auto no_snapshot = CloneSnapshot("c3", "here", "never-taken");
+  EXPECT_EQ(no_snapshot.status().code(), StatusCode::kNotFound) << no_snapshot.status();
+  EXPECT_THAT(no_snapshot.status().message(),
+              AllOf(HasSubstr("spec.source.snapshot"), HasSubstr("never-taken")));
+
+  v1::CreateVolumeRequest linked;
+  linked.mutable_metadata()->set_name("c4");
+  linked.mutable_spec()->mutable_source()->set_volume("here");
+  linked.mutable_spec()->set_linked_clone(true);
+  auto refused = storage_->CreateVolume(linked);
+  EXPECT_EQ(refused.status().code(), StatusCode::kInvalidArgument) << refused.status();
+  EXPECT_THAT(refused.status().message(), HasSubstr("spec.linked_clone"));
+  for (const char* name : {"c1", "c2", "c3", "c4"}) ExpectNoReplicas(name);
+}
+
+TEST_F(ReplicatedCloneTest, AFailedCloneLeavesNoReplicas) {
+  // One replica, on node0 (the least loaded, ties by name): its node dies before the copy.
+  auto one = Create("lonely", kSize, 1);
+  ASSERT_TRUE(one.ok()) << one.status();
+  ASSERT_EQ(one->status().replicas(0).node(), "node0");
+  WriteAndDetach("lonely", {{0, kMiB, 0x61}});
+  nodes_->Kill(0);
+  v1::CreateVolumeRequest r;
+  r.mutable_metadata()->set_name("orphan");
+  r.mutable_spec()->set_replica_count(2);
+  r.mutable_spec()->mutable_source()->set_volume("lonely");
+  auto failed = storage_->CreateVolume(r);
+  EXPECT_EQ(failed.status().code(), StatusCode::kUnavailable) << failed.status();
+  EXPECT_THAT(failed.status().message(), HasSubstr("spec.source.volume"));
+  ExpectNoReplicas("orphan");
+  EXPECT_TRUE(HasCloneOperation("orphan", v1::OPERATION_PHASE_FAILED));
+
+  // Once the node is back the same request succeeds.
+  ASSERT_TRUE(nodes_->StartServer(0).ok());
+  auto retried = storage_->CreateVolume(r);
+  ASSERT_TRUE(retried.ok()) << retried.status();
+  ExpectReplicasIdentical("orphan", 2);
+  ExpectContent("orphan", kSize, {{0, kMiB, 0x61}, {kMiB, kSize - kMiB, 0}});
+}
+
+// A clone of an attached volume is one point of its write stream: a writer stamps 4 KiB blocks
+// one after the other (each acknowledged before the next) while the clone runs, so the clone
+// holds a prefix of them — every block acknowledged before CreateVolume was called, none started
+// after it returned. The source is large enough that the copy outlasts the engine's 1 s epoch,
+// so the source replica moves to a new generation under the copy's reads.
+TEST_F(ReplicatedCloneTest, CloneOfAVolumeBeingWrittenIsCrashConsistent) {
+  constexpr std::uint64_t kBig = 64 * kMiB;
+  constexpr std::uint64_t kStream = 48 * kMiB;  // the stamped blocks start here
+  constexpr std::uint64_t kBlocks = (kBig - kStream) / 4096;
+  ASSERT_TRUE(Create("busy", kBig).ok());
+  auto info = Attach("busy");
+  ASSERT_TRUE(info.ok()) << info.status();
+  {
+    Nbd fill(SocketOf(*info));
+    ASSERT_TRUE(fill.ok());
+    for (std::uint64_t off = 0; off < kStream; off += 4 * kMiB) {
+      fill.Write(off, 4 * kMiB, static_cast<std::uint8_t>(0x70 + off / (4 * kMiB)));
+    }
+    fill.Flush();
+  }
+  auto stamp = [](std::uint64_t block) { return static_cast<std::uint8_t>(block % 255 + 1); };
+  std::atomic<std::uint64_t> acked{0};
+  std::atomic<bool> stop{false};
+  std::thread writer([&] {
+    Nbd nbd(SocketOf(*info));
+    if (!nbd.ok()) return;
+    for (std::uint64_t b = 0; b < kBlocks && !stop; ++b) {
+      nbd.Write(kStream + b * 4096, 4096, stamp(b));
+      if (b % 8 == 7) nbd.Flush();
+      acked = b + 1;
+    }
+  });
+  while (acked < 16) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  const std::uint64_t before = acked;
+  const auto began = std::chrono::steady_clock::now();
+  auto clone = CloneVolume("busy-copy", "busy");
+  const auto took = std::chrono::steady_clock::now() - began;
+  const std::uint64_t after = acked + 1;  // the write in flight may have been cut in
+  stop = true;
+  writer.join();
+  ASSERT_TRUE(clone.ok()) << clone.status();
+  std::cerr << "clone of an attached 64 MiB volume (" << kStream / kMiB
+            << " MiB + the stream allocated, 3 replicas) took "
+            << std::chrono::duration_cast<std::chrono::milliseconds>(took).count() << " ms while "
+            << after - 1 - before << " blocks were written\n";
+  EXPECT_TRUE(SnapshotNames("busy").empty()) << "the temporary snapshot is deleted";
+  ASSERT_TRUE(Detach("busy").ok());
+  ExpectReplicasIdentical("busy-copy");
+
+  auto check = Attach("busy-copy", "checker");
+  ASSERT_TRUE(check.ok()) << check.status();
+  {
+    Nbd nbd(SocketOf(*check));
+    ASSERT_TRUE(nbd.ok());
+    for (std::uint64_t off = 0; off < kStream; off += 4 * kMiB) {
+      EXPECT_EQ(nbd.Check(off, 4 * kMiB, static_cast<std::uint8_t>(0x70 + off / (4 * kMiB))), "");
+    }
+    std::vector<std::uint8_t> stream(kBig - kStream);
+    ASSERT_EQ(nbd_pread(nbd.handle(), stream.data(), stream.size(), kStream, 0), 0);
+    std::uint64_t prefix = 0;
+    while (prefix < kBlocks && stream[prefix * 4096] == stamp(prefix)) ++prefix;
+    EXPECT_GE(prefix, before) << "a write acknowledged before the clone started is missing";
+    EXPECT_LE(prefix, after) << "a write started after the clone returned is in it";
+    for (std::uint64_t b = 0; b < kBlocks; ++b) {
+      const std::uint8_t want = b < prefix ? stamp(b) : 0;
+      const auto* block = stream.data() + b * 4096;
+      ASSERT_TRUE(std::all_of(block, block + 4096, [&](std::uint8_t x) { return x == want; }))
+          << "block " << b << " of the stream (prefix " << prefix << ") is not "
+          << static_cast<int>(want) << ": not one point of the write stream";
+    }
+  }
+  ASSERT_TRUE(Detach("busy-copy", "checker").ok());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scrub (the content helpers are the clone tests')
+
+class ReplicatedScrubTest : public ReplicatedCloneTest {
+ protected:
+  // Overwrites `bytes` bytes at volume offset `offset` in the single layer file of `replica`
+  // (bit rot behind the server's back; the server keeps running and its block map is unchanged).
+  void Corrupt(const std::string& volume, const std::string& replica, std::uint64_t offset,
+               std::size_t bytes) {
+    auto got = Get(volume);
+    ASSERT_TRUE(got.ok()) << got.status();
+    int node = -1;
+    for (const auto& r : got->status().replicas()) {
+      if (r.name() == replica) node = r.node().back() - '0';
+    }
+    ASSERT_GE(node, 0) << replica;
+    const std::string dir = nodes_->node(node).data_dir + "/" + replica;
+    std::string layer;
+    for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+      const std::string file = entry.path().filename().string();
+      if (file.starts_with("layer-") && file.ends_with(".img")) layer = dir + "/" + file;
+    }
+    ASSERT_FALSE(layer.empty()) << dir;
+    const int fd = ::open(layer.c_str(), O_WRONLY | O_CLOEXEC);
+    ASSERT_GE(fd, 0) << layer << ": " << std::strerror(errno);
+    std::vector<std::uint8_t> junk(bytes, 0xee);
+    ASSERT_EQ(::pwrite(fd, junk.data(), junk.size(), static_cast<off_t>(offset)),
+              static_cast<ssize_t>(bytes));
+    ::close(fd);
+  }
+
+  Result<Operation> StartScrub(const std::string& volume, bool report_only) {
+    v1::ScrubVolumeRequest r;
+    r.set_name(volume);
+    r.set_report_only(report_only);
+    return storage_->ScrubVolume(r);
+  }
+
+  // Runs a scrub to its end and returns the volume's last_scrub.
+  v1::ScrubResult Scrub(const std::string& volume, bool report_only) {
+    auto op = StartScrub(volume, report_only);
+    EXPECT_TRUE(op.ok()) << op.status();
+    if (!op.ok()) return {};
+    const Status done = op->Wait(std::chrono::minutes(2));
+    EXPECT_TRUE(done.ok()) << done;
+    EXPECT_EQ(op->status().progress().done(), op->status().progress().total());
+    auto got = Get(volume);
+    EXPECT_TRUE(got.ok()) << got.status();
+    return got.ok() ? got->status().last_scrub() : v1::ScrubResult();
+  }
+
+  bool EngineRunning(const std::string& volume) {
+    const std::string pid =
+        ReadAll(state_dir_ + "/plugins/replicated/run/" + volume + "/engine.pid");
+    return !pid.empty() && ::kill(std::atoi(pid.c_str()), 0) == 0;
+  }
+};
+
+TEST_F(ReplicatedScrubTest, RepairsACorruptedReplicaOfADetachedVolume) {
+  EXPECT_TRUE(storage_->Capabilities().scrub());
+  constexpr std::uint64_t kBig = 64 * kMiB;
+  ASSERT_TRUE(Create("scrub1", kBig).ok());
+  WriteAndDetach("scrub1", {{2 * kMiB, 4 * kMiB, 0x5a}, {40 * kMiB, kMiB, 0x33}});
+  // Made in chunks the last engine wrote: after a clean detach the scrub's engine does not
+  // resynchronise them from its source replica (which would hide or spread the corruption).
+  ASSERT_NO_FATAL_FAILURE(Corrupt("scrub1", "scrub1-r1", 3 * kMiB + 12345, 1000));
+
+  // Report only: exactly that extent of exactly that replica, which stays corrupt.
+  v1::ScrubResult report = Scrub("scrub1", /*report_only=*/true);
+  EXPECT_EQ(report.code(), 0) << report.error();
+  EXPECT_TRUE(report.report_only());
+  EXPECT_EQ(report.bytes_compared(), kBig);
+  ASSERT_EQ(report.mismatches_size(), 1) << JsonOf(report);
+  EXPECT_EQ(report.mismatches(0).replica(), "scrub1-r1");
+  EXPECT_EQ(report.mismatches(0).offset(), 3 * kMiB);
+  EXPECT_EQ(report.mismatches(0).length(), kMiB);
+  EXPECT_FALSE(report.mismatches(0).repaired());
+  EXPECT_EQ(report.mismatched_bytes(), kMiB);
+  EXPECT_EQ(report.repaired_bytes(), 0u);
+  EXPECT_TRUE(report.has_start_time() && report.has_end_time());
+  auto mismatch = events_.WaitFor("ScrubMismatch", "scrub1");
+  ASSERT_TRUE(mismatch.has_value());
+  EXPECT_EQ(mismatch->type(), v1::EVENT_TYPE_WARNING);
+  EXPECT_THAT(mismatch->message(), AllOf(HasSubstr("scrub1-r1"), HasSubstr("3145728")));
+  EXPECT_TRUE(events_.WaitFor("ScrubCompleted", "scrub1").has_value());
+  {
+    auto files = ReplicaFiles("scrub1");
+    EXPECT_NE(files["scrub1-r1"], files["scrub1-r0"]) << "a report-only scrub repaired";
+  }
+  // The engine started for the scrub is gone again, and the volume is still detached.
+  auto got = Get("scrub1");
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->status().phase(), v1::VOLUME_PHASE_AVAILABLE);
+  EXPECT_TRUE(got->status().attached_to().empty());
+  EXPECT_FALSE(EngineRunning("scrub1"));
+
+  const auto began = std::chrono::steady_clock::now();
+  v1::ScrubResult repair = Scrub("scrub1", /*report_only=*/false);
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count();
+  EXPECT_EQ(repair.code(), 0) << repair.error();
+  ASSERT_EQ(repair.mismatches_size(), 1) << JsonOf(repair);
+  EXPECT_EQ(repair.mismatches(0).replica(), "scrub1-r1");
+  EXPECT_EQ(repair.mismatches(0).offset(), 3 * kMiB);
+  EXPECT_TRUE(repair.mismatches(0).repaired());
+  EXPECT_EQ(repair.repaired_bytes(), kMiB);
+  std::cout << "[ SCRUB ] detached 64 MiB volume, engine start + compare + repair + stop: "
+            << seconds << " s\n";
+  ExpectReplicasIdentical("scrub1");
+  ExpectContent("scrub1", kBig,
+                {{0, 2 * kMiB, 0}, {2 * kMiB, 4 * kMiB, 0x5a}, {40 * kMiB, kMiB, 0x33}});
+  // Recorded: the result survives the Host, and a new scrub finds nothing.
+  Close();
+  Open();
+  got = Get("scrub1");
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->status().last_scrub().repaired_bytes(), kMiB) << JsonOf(*got);
+  EXPECT_EQ(Scrub("scrub1", true).mismatches_size(), 0);
+  auto metrics = storage_->Metrics();
+  ASSERT_TRUE(metrics.ok());
+  EXPECT_THAT(*metrics,
+              HasSubstr("hci_replicated_volume_last_scrub_mismatched_bytes{volume=\"scrub1\"} 0"));
+}
+
+TEST_F(ReplicatedScrubTest, ScrubWhileWritingThroughNbdFindsNothingAndLosesNothing) {
+  ASSERT_TRUE(Create("busy", kSize).ok());
+  auto info = Attach("busy");
+  ASSERT_TRUE(info.ok()) << info.status();
+  // One writer rewrites every 4 KiB block of the volume with a new byte per pass; the scrub
+  // runs meanwhile.
+  std::atomic<bool> stop{false};
+  std::atomic<int> passes{0};
+  std::atomic<int> written{0};
+  const std::string socket = SocketOf(*info);
+  std::thread writer([&] {
+    Nbd nbd(socket);
+    if (!nbd.ok()) return;
+    for (std::uint8_t pass = 1; !stop; ++pass) {
+      for (std::uint64_t off = 0; off < kSize && !stop; off += 4096) {
+        nbd.Write(off, 4096, pass);
+        ++written;
+      }
+      if (!stop) ++passes;
+    }
+  });
+  auto op = StartScrub("busy", /*report_only=*/false);
+  if (op.ok()) {
+    EXPECT_TRUE(op->Wait(std::chrono::minutes(2)).ok());
+  }
+  stop = true;
+  writer.join();
+  ASSERT_TRUE(op.ok()) << op.status();
+  EXPECT_GT(written.load(), 100) << "the writer hardly wrote while the scrub ran";
+  auto got = Get("busy");
+  ASSERT_TRUE(got.ok());
+  const auto& result = got->status().last_scrub();
+  EXPECT_EQ(result.code(), 0) << result.error();
+  EXPECT_EQ(result.bytes_compared(), kSize);
+  EXPECT_EQ(result.mismatches_size(), 0) << "false mismatches: " << JsonOf(result);
+  // What was written last (a pass may have stopped halfway: bytes are pass p or p+1).
+  {
+    Nbd nbd(socket);
+    ASSERT_TRUE(nbd.ok());
+    // The writer stopped in pass p: blocks before its position hold p, the others p - 1.
+    const auto p = static_cast<std::uint8_t>(passes.load() + 1);
+    for (std::uint64_t off = 0; off < kSize; off += 4096) {
+      const std::string now = nbd.Check(off, 4096, p);
+      const std::string before = nbd.Check(off, 4096, static_cast<std::uint8_t>(p - 1));
+      ASSERT_TRUE(now.empty() || before.empty()) << now << "; " << before;
+    }
+  }
+  ASSERT_TRUE(Detach("busy").ok());
+  ExpectReplicasIdentical("busy");
+}
+
+TEST_F(ReplicatedScrubTest, TwoReplicasThatDisagreeAreReportedNotRepaired) {
+  ASSERT_TRUE(Create("pair", kSize, 2).ok());
+  WriteAndDetach("pair", {{0, 4 * kMiB, 0x42}});
+  // pair-r0 is the engine's source (ties by name): were the chunks the last engine wrote
+  // resynchronised from it at start, pair-r1 would get the corruption too.
+  ASSERT_NO_FATAL_FAILURE(Corrupt("pair", "pair-r0", kMiB, 4096));
+  v1::ScrubResult result = Scrub("pair", /*report_only=*/false);
+  EXPECT_EQ(result.code(), 0) << result.error();
+  ASSERT_EQ(result.mismatches_size(), 2) << JsonOf(result);
+  std::set<std::string> replicas;
+  for (const auto& m : result.mismatches()) {
+    replicas.insert(m.replica());
+    EXPECT_EQ(m.offset(), kMiB);
+    EXPECT_FALSE(m.repaired());
+  }
+  EXPECT_EQ(replicas, (std::set<std::string>{"pair-r0", "pair-r1"}));
+  EXPECT_EQ(result.repaired_bytes(), 0u);
+  auto files = ReplicaFiles("pair");
+  EXPECT_NE(files["pair-r0"], files["pair-r1"]) << "a guess was written";
+}
+
+TEST_F(ReplicatedScrubTest, AttachTakesOverADetachedScrubAndCancelStopsOne) {
+  // 2 MiB/s (the rebuild rate limits scrubs too): a 16 MiB scrub takes 8 s.
+  options_.mutable_fields()->operator[]("rebuild_bytes_per_second").set_number_value(2 << 20);
+  Close();
+  Open();
+  ASSERT_TRUE(Create("slow", kSize).ok());
+  auto missing = StartScrub("nope", false);
+  EXPECT_EQ(missing.status().code(), StatusCode::kNotFound) << missing.status();
+  ASSERT_TRUE(Create("single", kSize, 1).ok());
+  auto single = StartScrub("single", false);
+  EXPECT_EQ(single.status().code(), StatusCode::kFailedPrecondition) << single.status();
+
+  auto op = StartScrub("slow", false);
+  ASSERT_TRUE(op.ok()) << op.status();
+  auto twice = StartScrub("slow", false);
+  EXPECT_EQ(twice.status().code(), StatusCode::kAborted) << twice.status();
+  auto deleting = Delete("slow");
+  EXPECT_EQ(deleting.code(), StatusCode::kFailedPrecondition) << deleting;
+  auto snap = Snapshot("slow", "s1");
+  EXPECT_EQ(snap.status().code(), StatusCode::kFailedPrecondition) << snap.status();
+  // The attach takes the scrub's engine over; the scrub goes on and the engine stays.
+  auto info = Attach("slow");
+  ASSERT_TRUE(info.ok()) << info.status();
+  ASSERT_TRUE(op->Wait(std::chrono::minutes(1)).ok());
+  {
+    Nbd nbd(SocketOf(*info));
+    ASSERT_TRUE(nbd.ok());
+    nbd.Write(0, kMiB, 0x11);
+    EXPECT_EQ(nbd.Check(0, kMiB, 0x11), "");
+  }
+  auto got = Get("slow");
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->status().attached_to(), "vm-a");
+  EXPECT_EQ(got->status().last_scrub().bytes_compared(), kSize);
+
+  // Cancelled: the operation and the recorded result say so.
+  auto cancelled = StartScrub("slow", true);
+  ASSERT_TRUE(cancelled.ok()) << cancelled.status();
+  ASSERT_TRUE(cancelled->Cancel().ok());
+  EXPECT_EQ(cancelled->Wait(std::chrono::minutes(1)).code(), StatusCode::kCancelled);
+  got = Get("slow");
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->status().last_scrub().code(), static_cast<int>(StatusCode::kCancelled));
+  EXPECT_LT(got->status().last_scrub().bytes_compared(), kSize);
+  EXPECT_TRUE(events_.WaitFor("ScrubFailed", "slow").has_value());
+  ASSERT_TRUE(Detach("slow").ok());
 }
 
 }  // namespace

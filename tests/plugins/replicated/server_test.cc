@@ -344,6 +344,46 @@ TEST_F(ReplicaServerTest, SnapshotOpenReadsTheSnapshotAndRefusesWrites) {
   EXPECT_EQ(resp.extents().lengths(0), 4096u);
 }
 
+// A connection opened with layer_writes fills the snapshot's own layer: the snapshot reads the
+// new data, the head keeps its own blocks; fenced by generation like every data request.
+TEST_F(ReplicaServerTest, LayerWritesFillTheSnapshotsLayer) {
+  auto conn = Opened("vol1-r0");
+  ASSERT_NE(conn, nullptr);
+  const std::string head = Pattern(4096, 3);
+  const std::string layer = Pattern(8192, 4);
+  v1::ControlRequest snap;
+  snap.mutable_snapshot()->set_replica("vol1-r0");
+  snap.mutable_snapshot()->set_snapshot("s1");
+  snap.mutable_snapshot()->set_generation(77);
+  v1::ControlResponse resp;
+  ASSERT_TRUE(wire::Call(*conn, snap, &resp).ok());
+  ASSERT_EQ(Exchange(*conn, Data(MsgType::kWrite, 0, 4096, 1), head).status, 0);
+
+  auto fill = Connect();
+  ASSERT_NE(fill, nullptr);
+  v1::ControlRequest open = OpenRequest("vol1-r0");
+  open.mutable_open()->set_layer_writes(true);
+  EXPECT_EQ(wire::Call(*fill, open, &resp).code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(resp.message().find("layer_writes"), std::string::npos) << resp.message();
+  open.mutable_open()->set_snapshot("s1");
+  ASSERT_TRUE(wire::Call(*fill, open, &resp).ok());
+  bool recorded = false;
+  for (const auto& l : resp.info().meta().layers()) recorded |= l.generation() == 77;
+  EXPECT_TRUE(recorded) << resp.info().meta().DebugString();
+  EXPECT_EQ(Exchange(*fill, Data(MsgType::kWrite, 0, 8192, 2), layer).status, ESTALE);
+  ASSERT_EQ(Exchange(*fill, Data(MsgType::kWrite, 0, 8192, 1), layer).status, 0);
+  ASSERT_EQ(Exchange(*fill, Data(MsgType::kFlush, 0, 0, 1)).status, 0);
+  std::string read;
+  ASSERT_EQ(Exchange(*fill, Data(MsgType::kRead, 0, 8192, 1), "", &read).status, 0);
+  EXPECT_EQ(read, layer);
+  ASSERT_EQ(Exchange(*conn, Data(MsgType::kRead, 0, 8192, 1), "", &read).status, 0);
+  EXPECT_EQ(read.substr(0, 4096), head);
+  EXPECT_EQ(read.substr(4096), layer.substr(4096));
+  ASSERT_EQ(Exchange(*fill, Data(MsgType::kTrim, 4096, 4096, 1)).status, 0);
+  ASSERT_EQ(Exchange(*conn, Data(MsgType::kRead, 4096, 4096, 1), "", &read).status, 0);
+  EXPECT_EQ(read, std::string(4096, '\0'));
+}
+
 TEST_F(ReplicaServerTest, ControlRequestsMapOntoTheStore) {
   auto conn = Connect();
   ASSERT_NE(conn, nullptr);

@@ -188,6 +188,74 @@ TEST_F(StoreTest, BeyondSizeIsInvalidArgument) {
   EXPECT_TRUE(r->Write(kMiB - 2 * kB, two, false).ok());
 }
 
+// A rebuild fills a snapshot layer the replica lacked: the snapshot's view gets the data, the
+// head shows it only where no newer layer owns the block, the layer owns the blocks, the
+// changed-chunk history records them, and a Flush makes them durable.
+TEST_F(StoreTest, WriteLayerFillsASnapshotBelowTheHead) {
+  auto r = Create("r1", kMiB, 7);
+  ASSERT_NE(r, nullptr);
+  ASSERT_TRUE(WriteBlocks(*r, 0, 1, 0x10).ok());
+  ASSERT_TRUE(r->TakeSnapshotAt("s1", 5, 42).ok());
+  ASSERT_TRUE(WriteBlocks(*r, 1, 1, 0x20).ok());  // the head owns block 1
+  std::vector<std::uint8_t> data = Block(1, 0x30);
+  auto more = Block(2, 0x30);
+  data.insert(data.end(), more.begin(), more.end());
+  ASSERT_TRUE(r->WriteLayer("s1", kB, data).ok());
+  ASSERT_TRUE(r->ZeroLayer("s1", 0, kB).ok());
+  EXPECT_EQ(ReadBlock(*r, 0, "s1"), kZeroBlock);
+  EXPECT_EQ(ReadBlock(*r, 1, "s1"), Block(1, 0x30));
+  EXPECT_EQ(ReadBlock(*r, 2, "s1"), Block(2, 0x30));
+  EXPECT_EQ(ReadBlock(*r, 0), kZeroBlock);
+  EXPECT_EQ(ReadBlock(*r, 1), Block(1, 0x20));  // the head's block wins
+  EXPECT_EQ(ReadBlock(*r, 2), Block(2, 0x30));
+  auto owned = r->ChangedBetween("", "s1");
+  ASSERT_TRUE(owned.ok());
+  EXPECT_EQ(*owned, (std::vector<Extent>{{0, 3 * kB}}));
+  auto changed = r->ChangedSince(7);
+  ASSERT_TRUE(changed.ok());
+  EXPECT_EQ(*changed, (std::vector<Extent>{{0, kDirtyChunk}}));
+  bool found = false;
+  const v1::ReplicaMeta meta = r->Meta();
+  for (const auto& layer : meta.layers()) {
+    if (layer.snapshot() == "s1") {
+      found = true;
+      EXPECT_EQ(layer.generation(), 42u);
+    }
+  }
+  EXPECT_TRUE(found);
+  // Errors name what is wrong.
+  EXPECT_EQ(r->WriteLayer("nope", 0, data).code(), StatusCode::kNotFound);
+  EXPECT_EQ(r->WriteLayer("s1", kMiB - kB, data).code(), StatusCode::kInvalidArgument);
+  // Durable after a Flush, through a restart that flushes nothing else.
+  ASSERT_TRUE(r->Flush().ok());
+  r.reset();
+  ASSERT_NO_FATAL_FAILURE(Reopen());
+  r = Get("r1");
+  ASSERT_NE(r, nullptr);
+  EXPECT_FALSE(r->Meta().unclean());
+  EXPECT_EQ(ReadBlock(*r, 2, "s1"), Block(2, 0x30));
+  EXPECT_EQ(ReadBlock(*r, 0, "s1"), kZeroBlock);
+  owned = r->ChangedBetween("", "s1");
+  ASSERT_TRUE(owned.ok());
+  EXPECT_EQ(*owned, (std::vector<Extent>{{0, 3 * kB}}));
+}
+
+// TakeSnapshot records the replica's generation in the layer.
+TEST_F(StoreTest, SnapshotRecordsTheGeneration) {
+  auto r = Create("r1", kMiB, 9);
+  ASSERT_NE(r, nullptr);
+  ASSERT_TRUE(r->TakeSnapshot("s1", 1).ok());
+  int found = 0;
+  const v1::ReplicaMeta meta = r->Meta();
+  for (const auto& layer : meta.layers()) {
+    if (layer.snapshot() == "s1") {
+      ++found;
+      EXPECT_EQ(layer.generation(), 9u);
+    }
+  }
+  EXPECT_EQ(found, 1);
+}
+
 TEST_F(StoreTest, SnapshotThenOverwrite) {
   auto r = Create("r1", kMiB);
   ASSERT_NE(r, nullptr);

@@ -3,12 +3,14 @@
 // node (kill -9 of its hci-replica-server) while it runs and keeps running; the node comes back,
 // the replica is rebuilt while the guest is up, the guest powers off cleanly, and every replica
 // holds the same bytes — the file included, read from each replica's data with debugfs.
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
+#include <mutex>
 #include <regex>
 #include <thread>
 
@@ -209,6 +211,95 @@ TEST_F(ReplicatedVmTest, GuestKeepsRunningThroughALostReplicaAndReplicasConverge
     const std::string data = MustRun({"debugfs", "-R", "cat /hci-test/data", head}).stdout_data;
     EXPECT_NE(data.find("replicated"), std::string::npos) << "node " << i << ": " << data;
   }
+}
+
+// Online expand with a real guest: the volume grows while the VM runs, the replicated plugin
+// grows every replica through the engine and asks the kvm plugin to resize the disk; QEMU swaps
+// its NBD connection for one that sees the new size, and the guest's virtio_blk driver reports
+// the capacity change (its kernel log, shown on the console with loglevel=6).
+TEST_F(ReplicatedVmTest, GuestSeesTheVolumeGrowWhileItRuns) {
+  std::mutex mu;
+  std::vector<v1::Event> events;
+  Subscription subscription = host_->Subscribe([&](const v1::Event& e) {
+    std::lock_guard lock(mu);
+    events.push_back(e);
+  });
+  auto reasons = [&] {
+    std::lock_guard lock(mu);
+    std::string out;
+    for (const auto& e : events) out += e.reason() + ": " + e.message() + "\n";
+    return out;
+  };
+  const auto disk_bytes = std::filesystem::file_size(guest_.disk);
+  const std::uint64_t size = (disk_bytes + 4095) / 4096 * 4096;
+  v1::CreateVolumeRequest create;
+  create.mutable_metadata()->set_name("root");
+  create.mutable_spec()->set_size_bytes(size);
+  create.mutable_spec()->set_replica_count(3);
+  ASSERT_TRUE(storage_->CreateVolume(create).ok());
+  v1::AttachVolumeRequest attach;
+  attach.set_name("root");
+  attach.set_attacher("prep");
+  auto info = storage_->AttachVolume(attach);
+  ASSERT_TRUE(info.ok()) << info.status();
+  const std::string socket =
+      info->blockdev().fields().at("server").struct_value().fields().at("path").string_value();
+  MustRun({"qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", guest_.disk,
+           "nbd+unix:///?socket=" + socket});
+  v1::DetachVolumeRequest detach;
+  detach.set_name("root");
+  detach.set_attacher("prep");
+  ASSERT_TRUE(storage_->DetachVolume(detach).ok());
+
+  ASSERT_TRUE(compute_->Capabilities().resize_disk());
+  ASSERT_TRUE(compute_->CreateVm(kvmtest::GuestVm("vm", guest_, "root", "loglevel=6")).ok());
+  v1::StartVmRequest start;
+  start.set_name("vm");
+  ASSERT_TRUE(compute_->StartVm(start).ok());
+  ASSERT_TRUE(WaitForConsole("hci-test-guest: disk ok boots=1", 180s)) << Console();
+  const int tick_before = LastTick();
+
+  const std::uint64_t bigger = size + 32 * (1 << 20);
+  v1::ExpandVolumeRequest expand;
+  expand.set_name("root");
+  expand.set_size_bytes(bigger);
+  auto grown = storage_->ExpandVolume(expand);
+  ASSERT_TRUE(grown.ok()) << grown.status();
+  EXPECT_EQ(grown->status().capacity_bytes(), bigger);
+  EXPECT_EQ(grown->status().attached_to(), "vm");
+
+  // Linux's virtio_blk on a config-change interrupt: "[vda] new size: <512-byte sectors> ...".
+  const std::string expected = "[vda] new size: " + std::to_string(bigger / 512) + " ";
+  bool seen = false;
+  for (auto until = Clock::now() + 60s; Clock::now() < until && !seen;) {
+    seen = Console().find(expected) != std::string::npos;
+    if (!seen) std::this_thread::sleep_for(200ms);
+  }
+  EXPECT_TRUE(seen) << "the guest did not see the new size\n" << reasons() << Console();
+  const std::string all = reasons();
+  EXPECT_THAT(all, ::testing::HasSubstr("VolumeExpanded: "));
+  EXPECT_THAT(all, ::testing::HasSubstr("DiskResized: "));
+  EXPECT_THAT(all, ::testing::Not(::testing::HasSubstr("ResizeDiskFailed")));
+  // The guest goes on with its disk.
+  const auto deadline = Clock::now() + 60s;
+  while (LastTick() < tick_before + 10 && Clock::now() < deadline)
+    std::this_thread::sleep_for(200ms);
+  EXPECT_GE(LastTick(), tick_before + 10) << Console();
+
+  // A second expand: the resize swaps the NBD node back (the nodes alternate).
+  expand.set_size_bytes(bigger + (1 << 20));
+  ASSERT_TRUE(storage_->ExpandVolume(expand).ok());
+  const std::string again = "[vda] new size: " + std::to_string((bigger + (1 << 20)) / 512) + " ";
+  seen = false;
+  for (auto until = Clock::now() + 60s; Clock::now() < until && !seen;) {
+    seen = Console().find(again) != std::string::npos;
+    if (!seen) std::this_thread::sleep_for(200ms);
+  }
+  EXPECT_TRUE(seen) << reasons() << Console();
+
+  v1::StopVmRequest stop;
+  stop.set_name("vm");
+  ASSERT_TRUE(compute_->StopVm(stop).ok());
 }
 
 }  // namespace
