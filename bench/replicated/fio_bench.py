@@ -12,12 +12,16 @@ Workloads: 4 KiB random write and read, 128 KiB sequential write and read, queue
 Prints each figure and its ratio to (a). Run by bench/replicated/run, which builds what it needs:
 
     bench/replicated/run [--runtime SECONDS] [--size-mib MIB]
+
+--configs, --replicas and --only run a part; --profile DIR also records a perf profile of the
+engine and servers during each workload and prints its top symbols (docs/benchmarks.md).
 """
 
 import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -77,13 +81,45 @@ def cpu_seconds(pids):
     return out
 
 
+def perf_start(args, name, workload, pids):
+    """With --profile: `perf record` of `pids` (call graphs, kernel included) while fio runs."""
+    if not args.profile or not pids:
+        return None
+    os.makedirs(args.profile, exist_ok=True)
+    out = os.path.join(args.profile, f"{name}.{workload}.perf.data")
+    return subprocess.Popen(["perf", "record", "--quiet", "-F", "499", "-g", "-o", out, "-p",
+                             ",".join(str(p) for p in pids.values())],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), out
+
+
+def perf_stop(recording):
+    """Stops the recording and prints where the samples fell: by process, then by symbol."""
+    if recording is None:
+        return
+    proc, data = recording
+    proc.send_signal(signal.SIGINT)
+    proc.wait()
+    for sort, limit in (("comm", 8), ("comm,dso,sym", 25)):
+        report = subprocess.run(["perf", "report", "-i", data, "--no-children", "--stdio",
+                                 "--sort", sort, "--percent-limit", "0.5", "-g", "none"],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        rows = [line for line in report.stdout.splitlines()
+                if line.strip() and not line.startswith("#")]
+        log(f"profile {os.path.basename(data)}, by {sort}:")
+        for line in rows[:limit]:
+            sys.stdout.write("    " + line.strip() + "\n")
+    sys.stdout.flush()
+
+
 def run_workloads(name, socket, export, args, results, pids=None):
     """`pids`: processes whose CPU time each workload reports (where the time goes)."""
     for workload, rw, bs, _ in WORKLOADS:
         if args.only and workload not in args.only:
             continue
         before = cpu_seconds(pids or {})
+        recording = perf_start(args, name, workload, pids)
         r = fio(socket, export, rw, bs, args.runtime, args.size_mib)
+        perf_stop(recording)
         after = cpu_seconds(pids or {})
         r["cpu_s"] = {k: round(after[k] - before[k], 2) for k in after}
         r["cpu_s"]["fio"] = round(r["fio_cpu_s"], 2)
@@ -171,7 +207,7 @@ def bench_replicated(work, args, results):
                                log_level=v1.LOG_LEVEL_WARN, plugin_dirs=[args.plugin_dir],
                                backends=v1.Backends(storage=binding))
         with hci.Host(config) as host:
-            for n in (1, 2, 3):
+            for n in (int(c) for c in args.replicas.split(",")):
                 name = f"bench-{n}"
                 host.storage.create_volume(
                     metadata=v1.ObjectMeta(name=name),
@@ -203,6 +239,13 @@ def main():
     parser.add_argument("--out", help="JSON results file")
     parser.add_argument("--only", action="append",
                         help="run only this workload (repeatable); the table needs all four")
+    parser.add_argument("--profile", metavar="DIR",
+                        help="perf record the measured processes during each workload into DIR "
+                             "and print the top symbols")
+    parser.add_argument("--configs", default="baseline,replicated,quorum",
+                        help="which of baseline, replicated, quorum to run (all)")
+    parser.add_argument("--replicas", default="1,2,3",
+                        help="replica counts of the replicated configuration (1,2,3)")
     args = parser.parse_args()
     args.replica_server = os.path.join(args.build_dir, "bin", "hci-replica-server")
     args.plugin_dir = os.path.join(args.build_dir, "lib", "hci", "plugins")
@@ -213,13 +256,17 @@ def main():
     try:
         log(f"fio {subprocess.run(['fio', '--version'], stdout=subprocess.PIPE, text=True).stdout.strip()}, "
             f"{args.runtime} s per workload, {args.size_mib} MiB, queue depth 32, data in {work}")
-        bench_baseline(work, args, results)
-        bench_replicated(work, args, results)
-        bench_quorum(work, args, results)
+        configs = args.configs.split(",")
+        if "baseline" in configs:
+            bench_baseline(work, args, results)
+        if "replicated" in configs:
+            bench_replicated(work, args, results)
+        if "quorum" in configs:
+            bench_quorum(work, args, results)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    if args.only:
+    if args.only or len(results) < 5:
         return
     base = results["qemu-nbd"]
     print()
