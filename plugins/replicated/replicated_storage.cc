@@ -10,11 +10,13 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <condition_variable>
 #include <filesystem>
 #include <fstream>
 #include <future>
 #include <optional>
 #include <set>
+#include <thread>
 #include <utility>
 
 #include "hci/compute.h"
@@ -37,6 +39,8 @@ constexpr std::uint32_t kEngineReplicaWaitMs = 20000;
 constexpr milliseconds kEngineStopGrace{30000};
 // Control requests that write metadata or files on a node (create, delete, snapshot, revert).
 constexpr milliseconds kSlowCall{60000};
+// How often attached volumes are observed for events and rebuild operations (WatchLoop).
+constexpr milliseconds kWatchInterval{1000};
 
 std::string Quote(std::string_view s) { return "\"" + std::string(s) + "\""; }
 
@@ -164,10 +168,23 @@ class ReplicatedStorage final : public StorageBackend {
       std::string name = r.obj.metadata().name();
       volumes_.emplace(std::move(name), std::move(r));
     }
+    watcher_ = std::thread([this] { WatchLoop(); });
   }
 
-  // Scrub threads call back into this object: they end before any member goes.
-  ~ReplicatedStorage() override { scrubs_.Shutdown(); }
+  // The watcher and the scrub threads call back into this object: they end before any member
+  // goes.
+  ~ReplicatedStorage() override {
+    {
+      std::lock_guard lock(watch_mu_);
+      watch_stop_ = true;
+    }
+    watch_cv_.notify_all();
+    watcher_.join();
+    for (auto& [key, op] : rebuild_ops_) {
+      op.control.Finish(Aborted("the storage backend closed; the rebuild goes on in the engine"));
+    }
+    scrubs_.Shutdown();
+  }
 
   api::StorageCapabilities Capabilities() const override {
     api::StorageCapabilities caps;
@@ -373,7 +390,12 @@ class ReplicatedStorage final : public StorageBackend {
       }));
     }
     std::vector<std::string> failures;
-    for (const Member& m : rec->members) {
+    // Replicas the engine replaced and could not delete yet (their node was down) hold the
+    // delete up as members do: one left behind would be taken by the idempotent create of a
+    // new volume of the same name and size, which would then serve this volume's data.
+    std::vector<Member> replicas = rec->members;
+    replicas.insert(replicas.end(), rec->retired.begin(), rec->retired.end());
+    for (const Member& m : replicas) {
       Status st = DeleteReplica(m);
       if (st.ok()) continue;
       if (st.code() == StatusCode::kUnavailable && nodes_.count(m.node) == 0) {
@@ -393,8 +415,6 @@ class ReplicatedStorage final : public StorageBackend {
                          " could not be deleted (" + joined +
                          "); the volume stays in phase Deleting: retry DeleteVolume");
     }
-    // Replicas the engine replaced and could not delete yet: best effort.
-    for (const Member& m : rec->retired) DeleteReplica(m).IgnoreError();
     {
       std::lock_guard lock(mu_);
       HCI_RETURN_NOT_OK(RemoveRecord(records_dir_, name));
@@ -1466,6 +1486,68 @@ class ReplicatedStorage final : public StorageBackend {
     for (const auto& e : events) Publish(e);
   }
 
+  // Engines rebuild on their own, whether or not anyone asks for the volume. Attached volumes
+  // are therefore observed every second: VolumeDegraded, RebuildStarted and VolumeHealthy are
+  // published when they happen, and each rebuild is an Operation (kind "RebuildReplica", on the
+  // volume, progress in bytes copied) that succeeds when the replica is healthy.
+  void WatchLoop() {
+    std::unique_lock lock(watch_mu_);
+    while (!watch_cv_.wait_for(lock, kWatchInterval, [this] { return watch_stop_; })) {
+      lock.unlock();
+      std::set<std::string> seen;
+      for (const VolumeRecord& rec : AllRecords()) {
+        if (rec.obj.status().attached_to().empty()) continue;
+        const std::string& name = rec.obj.metadata().name();
+        const api::Volume volume = Observe(rec);
+        for (const auto& r : volume.status().replicas()) {
+          const std::string key = name + "/" + r.name();
+          auto it = rebuild_ops_.find(key);
+          if (r.state() == api::REPLICA_STATE_REBUILDING) {
+            seen.insert(key);
+            if (it == rebuild_ops_.end()) {
+              OperationInfo info;
+              info.kind = "RebuildReplica";
+              info.object.set_kind(kVolumeKind);
+              info.object.set_name(name);
+              info.cancellable = false;
+              it = rebuild_ops_.emplace(key, RebuildOp{ctx_.operations().Start(info), 0}).first;
+            }
+            it->second.total = r.rebuild_progress().total();
+            it->second.control.SetProgress(
+                r.rebuild_progress().done(), it->second.total,
+                "rebuilding replica " + r.name() + " on node " + r.node());
+          } else if (it != rebuild_ops_.end()) {
+            if (r.state() == api::REPLICA_STATE_HEALTHY) {
+              // A healthy replica reports no rebuild progress any more: the last total is done.
+              it->second.control.SetProgress(
+                  it->second.total, it->second.total,
+                  "replica " + r.name() + " on node " + r.node() + " is healthy");
+              it->second.control.Finish(Status());
+            } else {
+              it->second.control.Finish(
+                  Unavailable("the rebuild of replica " + r.name() + " on node " + r.node() +
+                              " did not finish: it is " + api::ReplicaState_Name(r.state()) + " (" +
+                              volume.status().message() + "); the engine retries it"));
+            }
+            rebuild_ops_.erase(it);
+          }
+        }
+      }
+      // Detached, deleted, or replaced by a spare meanwhile.
+      for (auto it = rebuild_ops_.begin(); it != rebuild_ops_.end();) {
+        if (seen.count(it->first) > 0) {
+          ++it;
+          continue;
+        }
+        it->second.control.Finish(
+            Aborted("the rebuild stopped with its engine (volume detached, "
+                    "deleted, or the replica was replaced)"));
+        it = rebuild_ops_.erase(it);
+      }
+      lock.lock();
+    }
+  }
+
   Result<api::ListSnapshotsResponse> ListSnapshotsOf(const VolumeRecord& rec) {
     HCI_ASSIGN_OR_RAISE(ReplicaView ref, Reference(rec));
     const rpb::ReplicaMeta& meta = ref.info.meta();
@@ -1523,8 +1605,18 @@ class ReplicatedStorage final : public StorageBackend {
   std::map<std::string, Observed> observed_;
   // Clients of nodes that are no longer configured, by "<node>@<address>".
   std::map<std::string, std::unique_ptr<NodeClient>> unconfigured_;
-  // Last: its threads call back into the members above.
+  // Last: their threads call back into the members above.
   Scrubs scrubs_;
+  std::mutex watch_mu_;
+  std::condition_variable watch_cv_;
+  bool watch_stop_ = false;
+  // Rebuild operations by "<volume>/<replica>"; only the watcher touches them while it runs.
+  struct RebuildOp {
+    OperationControl control;
+    std::uint64_t total;  // bytes to copy, as last reported
+  };
+  std::map<std::string, RebuildOp> rebuild_ops_;
+  std::thread watcher_;
 };
 
 }  // namespace

@@ -623,25 +623,32 @@ TEST_F(ReplicatedPluginTest, AKilledNodeShowsAFailedReplicaAndADegradedVolume) {
   EXPECT_EQ(attached->status().robustness(), v1::VOLUME_ROBUSTNESS_DEGRADED) << JsonOf(*attached);
   EXPECT_EQ(attached->status().replicas(1).state(), v1::REPLICA_STATE_FAILED) << JsonOf(*attached);
   ASSERT_TRUE(nodes_->StartServer(1).ok());
-  v1::Volume last;
-  bool saw_rebuild = false;
+  // Nobody asks for the volume now: the plugin notices the engine's rebuild on its own, reports
+  // it as an operation with progress, and publishes the events.
+  std::optional<v1::OperationStatus> rebuild;
+  bool saw_progress = false;
   for (int i = 0; i < 600; ++i) {
-    auto now = Get("frail");
-    ASSERT_TRUE(now.ok());
-    last = *now;
-    for (const auto& r : last.status().replicas()) {
-      if (r.state() != v1::REPLICA_STATE_REBUILDING) continue;
-      saw_rebuild = true;
-      EXPECT_EQ(r.name(), "frail-r1");
-      EXPECT_LE(r.rebuild_progress().done(), r.rebuild_progress().total());
+    for (const auto& op : host_->ListOperations()) {
+      if (op.kind() != "RebuildReplica" || op.object().name() != "frail") continue;
+      rebuild = op;
+      saw_progress =
+          saw_progress || (op.phase() == v1::OPERATION_PHASE_RUNNING && op.progress().total() > 0 &&
+                           op.progress().done() <= op.progress().total());
     }
-    if (last.status().robustness() == v1::VOLUME_ROBUSTNESS_HEALTHY) break;
+    if (rebuild && rebuild->phase() == v1::OPERATION_PHASE_SUCCEEDED) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
-  EXPECT_EQ(last.status().robustness(), v1::VOLUME_ROBUSTNESS_HEALTHY) << JsonOf(last);
-  EXPECT_TRUE(saw_rebuild) << "the rebuild of frail-r1 was never reported";
+  ASSERT_TRUE(rebuild.has_value()) << "the rebuild of frail-r1 was never reported";
+  EXPECT_EQ(rebuild->phase(), v1::OPERATION_PHASE_SUCCEEDED) << rebuild->DebugString();
+  EXPECT_TRUE(saw_progress) << "the rebuild operation never showed progress while running";
+  EXPECT_EQ(rebuild->progress().done(), rebuild->progress().total());
+  EXPECT_GE(rebuild->progress().total(), kMiB);
+  EXPECT_THAT(rebuild->message(), HasSubstr("frail-r1"));
   EXPECT_TRUE(events_.WaitFor("RebuildStarted", "frail").has_value());
   EXPECT_TRUE(events_.WaitFor("VolumeHealthy", "frail").has_value());
+  auto last = Get("frail");
+  ASSERT_TRUE(last.ok());
+  EXPECT_EQ(last->status().robustness(), v1::VOLUME_ROBUSTNESS_HEALTHY) << JsonOf(*last);
   auto metrics2 = storage_->Metrics();
   ASSERT_TRUE(metrics2.ok());
   EXPECT_THAT(*metrics2, HasSubstr("longhorn_volume_state{volume=\"frail\"} 2\n"));
@@ -1677,6 +1684,145 @@ TEST_F(ReplicatedScrubTest, AttachTakesOverADetachedScrubAndCancelStopsOne) {
   EXPECT_LT(got->status().last_scrub().bytes_compared(), kSize);
   EXPECT_TRUE(events_.WaitFor("ScrubFailed", "slow").has_value());
   ASSERT_TRUE(Detach("slow").ok());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Spare nodes: replica replenishment
+
+// Four storage nodes for three replicas (one spare), and a short replenish wait.
+class ReplicatedSpareTest : public ReplicatedCloneTest {
+ protected:
+  void SetUp() override {
+    nodes_ = TestNodes::Start(4);
+    ASSERT_NE(nodes_, nullptr);
+    state_dir_ = nodes_->dir() + "/host";
+    options_ = nodes_->Options();
+    (*options_.mutable_fields())["replica_replenish_wait_ms"].set_number_value(2000);
+    Open();
+  }
+};
+
+TEST_F(ReplicatedSpareTest, AReplicaOfAKilledNodeIsReplacedOnTheSpareNodeAndRetiredOnDelete) {
+  auto created = Create("spare");
+  ASSERT_TRUE(created.ok()) << created.status();
+  ASSERT_EQ(created->status().replicas_size(), 3) << JsonOf(*created);
+  std::set<std::string> placed;
+  for (const auto& r : created->status().replicas()) placed.insert(r.node());
+  ASSERT_EQ(placed.size(), 3u) << JsonOf(*created);
+  std::string spare_node;
+  for (int i = 0; i < 4; ++i) {
+    if (placed.count(nodes_->node(i).name) == 0) spare_node = nodes_->node(i).name;
+  }
+  const std::string lost = created->status().replicas(1).name();
+  const std::string lost_node = created->status().replicas(1).node();
+  const int killed = lost_node.back() - '0';
+  ASSERT_TRUE(nodes_->HasReplica(killed, lost));
+
+  auto info = Attach("spare");
+  ASSERT_TRUE(info.ok()) << info.status();
+  const std::vector<Expect> written = {
+      {0, kMiB, 0x31}, {5 * kMiB, 64 * 1024, 0x32}, {kSize - 4096, 4096, 0x33}};
+  const Expect degraded_write{8 * kMiB, kMiB, 0x34};
+  {
+    Nbd nbd(SocketOf(*info));
+    ASSERT_TRUE(nbd.ok());
+    for (const Expect& e : written) nbd.Write(e.offset, e.length, e.byte);
+    nbd.Flush();
+
+    // The guest goes on writing while one replica's node is gone: the write reaches the two
+    // others, and the replacement gets it from them by its full rebuild.
+    nodes_->Kill(killed);
+    nbd.Write(degraded_write.offset, degraded_write.length, degraded_write.byte);
+    nbd.Flush();
+  }
+
+  // The engine replaces the member after replica_replenish_wait_ms (2 s) on the one node that
+  // holds none of the volume's replicas; GetVolume adopts the membership.
+  v1::Volume last;
+  bool replaced = false;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (std::chrono::steady_clock::now() < deadline) {
+    auto got = Get("spare");
+    ASSERT_TRUE(got.ok()) << got.status();
+    last = *got;
+    replaced =
+        last.status().robustness() == v1::VOLUME_ROBUSTNESS_HEALTHY &&
+        std::any_of(last.status().replicas().begin(), last.status().replicas().end(),
+                    [&](const v1::ReplicaStatus& r) {
+                      return r.node() == spare_node && r.state() == v1::REPLICA_STATE_HEALTHY;
+                    });
+    if (replaced) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  ASSERT_TRUE(replaced) << "no healthy replica on spare node " << spare_node
+                        << " within 60 s of the kill: " << JsonOf(last);
+  auto event = events_.WaitFor("ReplicaReplaced", "spare");
+  ASSERT_TRUE(event.has_value()) << "no ReplicaReplaced event";
+  EXPECT_THAT(event->message(), AllOf(HasSubstr(lost + " on node " + lost_node),
+                                      HasSubstr("spare-r3 on node " + spare_node)));
+
+  // Three members on distinct nodes, the killed one not among them; the data is all there.
+  auto expect_membership = [&](const v1::Volume& v) {
+    ASSERT_EQ(v.status().replicas_size(), 3) << JsonOf(v);
+    std::set<std::string> nodes, names;
+    for (const auto& r : v.status().replicas()) {
+      nodes.insert(r.node());
+      names.insert(r.name());
+      EXPECT_EQ(r.state(), v1::REPLICA_STATE_HEALTHY) << JsonOf(v);
+    }
+    EXPECT_EQ(nodes.size(), 3u) << JsonOf(v);
+    EXPECT_EQ(nodes.count(lost_node), 0u) << JsonOf(v);
+    EXPECT_EQ(nodes.count(spare_node), 1u) << JsonOf(v);
+    EXPECT_EQ(names.count(lost), 0u) << JsonOf(v);
+    EXPECT_EQ(names.count("spare-r3"), 1u) << JsonOf(v);
+  };
+  ASSERT_NO_FATAL_FAILURE(expect_membership(last));
+  {
+    Nbd nbd(SocketOf(*info));
+    ASSERT_TRUE(nbd.ok());
+    for (const Expect& e : written) {
+      EXPECT_EQ(nbd.Check(e.offset, e.length, e.byte), "") << "at " << e.offset;
+    }
+    EXPECT_EQ(nbd.Check(degraded_write.offset, degraded_write.length, degraded_write.byte), "");
+    EXPECT_EQ(nbd.Check(2 * kMiB, kMiB, 0), "");
+  }
+  ASSERT_TRUE(Detach("spare").ok());
+  // Reads above may come from any member: the new one must hold the same bytes itself.
+  ExpectReplicasIdentical("spare");
+
+  // The membership is the record's, not only the engine's: a new Host sees it, and the engine
+  // it starts serves the volume from the new members.
+  Close();
+  Open();
+  auto reopened = Get("spare");
+  ASSERT_TRUE(reopened.ok()) << reopened.status();
+  EXPECT_EQ(reopened->status().robustness(), v1::VOLUME_ROBUSTNESS_HEALTHY) << JsonOf(*reopened);
+  ASSERT_NO_FATAL_FAILURE(expect_membership(*reopened));
+  std::vector<Expect> all = written;
+  all.push_back(degraded_write);
+  ASSERT_NO_FATAL_FAILURE(ExpectContent("spare", kSize, all));
+  EXPECT_EQ(events_.Count("ReplicaReplaced", "spare"), 1);
+
+  // The retired replica is still on the killed node (it was down while the engines ran). It
+  // holds the delete up as a member would: left behind, it would be taken by the create of a
+  // new volume "spare" and serve this one's data. Once the node answers, a retry deletes it.
+  EXPECT_TRUE(nodes_->HasReplica(killed, lost));
+  Status held = Delete("spare");
+  EXPECT_EQ(held.code(), StatusCode::kUnavailable) << held;
+  EXPECT_THAT(held.message(), AllOf(HasSubstr(lost), HasSubstr("retry")));
+  auto deleting = Get("spare");
+  ASSERT_TRUE(deleting.ok()) << deleting.status();
+  EXPECT_EQ(deleting->status().phase(), v1::VOLUME_PHASE_DELETING);
+  ASSERT_TRUE(nodes_->StartServer(killed).ok());
+  EXPECT_TRUE(nodes_->HasReplica(killed, lost));
+  ASSERT_TRUE(Delete("spare").ok());
+  EXPECT_EQ(Get("spare").status().code(), StatusCode::kNotFound);
+  for (int i = 0; i < 4; ++i) {
+    for (int k = 0; k < 4; ++k) {
+      const std::string replica = "spare-r" + std::to_string(k);
+      EXPECT_FALSE(nodes_->HasReplica(i, replica)) << replica << " left on node" << i;
+    }
+  }
 }
 
 }  // namespace
