@@ -279,18 +279,30 @@ class ReplicatedStorage final : public StorageBackend {
     });
 
     // Each replica on its node, at generation 1. A failure removes what was made.
+    const api::ObjectMeta meta = NewObjectMeta(request.metadata());
     std::uint64_t actual = 0;
     std::vector<const Member*> made;
     for (const Member& m : members) {
       rpb::ControlRequest create;
       create.mutable_create()->set_replica(m.name);
       create.mutable_create()->set_volume(name);
+      create.mutable_create()->set_volume_uid(meta.uid());
       create.mutable_create()->set_size_bytes(size);
       create.mutable_create()->set_generation(1);
       // A clone's replicas are incomplete until the copy is done: no engine may serve them.
       create.mutable_create()->set_rebuilding(clone.has_value());
       rpb::ControlResponse response;
       Status st = Node(m).Call(create, &response, kSlowCall);
+      if (st.code() == StatusCode::kAlreadyExists) {
+        // This plugin has no record of the volume, so the replica of that name is a leftover
+        // (of a deleted volume, or of a create that failed while its node was down): it goes,
+        // and its data with it.
+        ctx_.logger().Warn(
+            kVolumeKind, name,
+            "removing replica " + m.name + " left on node " + m.node + ": " + st.message());
+        st = DeleteReplica(m);
+        if (st.ok()) st = Node(m).Call(create, &response, kSlowCall);
+      }
       if (!st.ok()) {
         for (const Member* done : made) DeleteReplica(*done).IgnoreError();
         st = st.WithContext("volume " + Quote(name) + ": creating replica " + m.name + " on node " +
@@ -310,7 +322,7 @@ class ReplicatedStorage final : public StorageBackend {
     }
 
     VolumeRecord record;
-    *record.obj.mutable_metadata() = NewObjectMeta(request.metadata());
+    *record.obj.mutable_metadata() = meta;
     *record.obj.mutable_spec() = spec;
     record.obj.mutable_spec()->set_size_bytes(size);
     record.obj.mutable_spec()->set_replica_count(count);
@@ -1220,6 +1232,7 @@ class ReplicatedStorage final : public StorageBackend {
     const EnginePaths paths = EnginePathsFor(options_.state_dir, name);
     rpb::EngineConfig config;
     config.set_volume(name);
+    config.set_volume_uid(rec.obj.metadata().uid());
     config.set_size_bytes(rec.obj.spec().size_bytes());
     config.set_write_quorum(rec.write_quorum);
     config.set_secret_file(options_.secret_file);

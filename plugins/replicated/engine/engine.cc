@@ -1745,11 +1745,24 @@ bool EngineImpl::Replenish(Member& m, std::string* note) {
     v1::ControlRequest create;
     create.mutable_create()->set_replica(name);
     create.mutable_create()->set_volume(config_.volume());
+    create.mutable_create()->set_volume_uid(config_.volume_uid());
     create.mutable_create()->set_size_bytes(size_bytes_.load());
     create.mutable_create()->set_generation(1);
     create.mutable_create()->set_rebuilding(true);
     v1::ControlResponse created;
-    if (Status st = wire::Call(**conn, create, &created); !st.ok()) {
+    Status st = wire::Call(**conn, create, &created);
+    if (st.code() == StatusCode::kAlreadyExists) {
+      // A replica of that name that is not this volume's (a leftover of a deleted volume of the
+      // same name): its data must not be mistaken for a copy, so it goes.
+      spdlog::warn("volume {}: removing replica {} left on {}: {}", config_.volume(), name,
+                   spare.node(), st.message());
+      v1::ControlRequest del;
+      del.mutable_delete_()->set_replica(name);
+      v1::ControlResponse deleted;
+      st = wire::Call(**conn, del, &deleted);
+      if (st.ok()) st = wire::Call(**conn, create, &created);
+    }
+    if (!st.ok()) {
       why += "; " + spare.node() + ": " + st.message();
       continue;
     }

@@ -792,6 +792,7 @@ Result<std::shared_ptr<ReplicaImpl>> ReplicaImpl::CreateNew(const std::string& d
   v1::ReplicaMeta meta;
   meta.set_replica(req.replica());
   meta.set_volume(req.volume());
+  meta.set_volume_uid(req.volume_uid());
   meta.set_size_bytes(req.size_bytes());
   meta.set_generation(req.generation());
   meta.set_rebuilding(req.rebuilding());
@@ -1382,8 +1383,14 @@ Result<std::shared_ptr<Replica>> ReplicaStore::Create(const v1::CreateReplica& r
   std::lock_guard lock(mu_);
   if (auto it = replicas_.find(request.replica()); it != replicas_.end()) {
     v1::ReplicaMeta meta = it->second->Meta();
-    if (meta.volume() == request.volume() && meta.size_bytes() == request.size_bytes()) {
+    if (meta.volume() == request.volume() && meta.size_bytes() == request.size_bytes() &&
+        meta.volume_uid() == request.volume_uid()) {
       return it->second;
+    }
+    if (meta.volume_uid() != request.volume_uid()) {
+      return AlreadyExists(who + " exists for another volume " + Quote(meta.volume()) + " (uid " +
+                           Quote(meta.volume_uid()) + ", not " + Quote(request.volume_uid()) +
+                           "): a leftover of a deleted volume, which is never reused");
     }
     return AlreadyExists(who + " exists with volume " + Quote(meta.volume()) + " and size_bytes " +
                          std::to_string(meta.size_bytes()) + ", not volume " +

@@ -471,6 +471,38 @@ TEST_F(ReplicatedPluginTest, AttachServesNbdThatSurvivesDetachAndReattach) {
   EXPECT_TRUE(events_.WaitFor("VolumeDetached", "data").has_value());
 }
 
+// Replicas whose volume the plugin has no record of (here: the record is lost, as when a
+// delete could not reach a node that later came back) are never taken for a new volume of the
+// same name: the new volume is healthy at generation 1 and reads zeros, not the old data.
+TEST_F(ReplicatedPluginTest, LeftoverReplicasOfAVolumeOfTheSameNameAreNeverReused) {
+  ASSERT_TRUE(Create("reuse").ok());
+  {
+    auto info = Attach("reuse");
+    ASSERT_TRUE(info.ok()) << info.status();
+    Nbd nbd(SocketOf(*info));
+    ASSERT_TRUE(nbd.ok());
+    nbd.Write(0, kMiB, 0x31);
+    nbd.Flush();
+  }
+  ASSERT_TRUE(Detach("reuse").ok());
+  Close();
+  const std::string record = state_dir_ + "/plugins/replicated/volumes/reuse.json";
+  ASSERT_TRUE(std::filesystem::remove(record)) << record;
+  Open();
+  ASSERT_EQ(Get("reuse").status().code(), StatusCode::kNotFound);
+  auto made = Create("reuse");
+  ASSERT_TRUE(made.ok()) << made.status();
+  auto got = Get("reuse");
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->status().robustness(), v1::VOLUME_ROBUSTNESS_HEALTHY) << JsonOf(*got);
+  for (const auto& r : got->status().replicas()) EXPECT_EQ(r.generation(), 1u) << JsonOf(*got);
+  auto info = Attach("reuse");
+  ASSERT_TRUE(info.ok()) << info.status();
+  Nbd nbd(SocketOf(*info));
+  ASSERT_TRUE(nbd.ok());
+  EXPECT_EQ(nbd.Check(0, kMiB, 0), "") << "the new volume shows the deleted volume's data";
+}
+
 // QEMU opens exactly the blockdev options the kvm plugin passes to -blockdev.
 TEST_F(ReplicatedPluginTest, QemuOpensTheBlockdevOptions) {
   ASSERT_TRUE(Create("qemu").ok());

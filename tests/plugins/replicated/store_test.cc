@@ -1,5 +1,6 @@
 // The replica store on real files in a fresh temporary directory per test: data path, layers and
 // snapshots, merges, changed-block history, persistence and crash (unclean) recovery.
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <stdlib.h>
 
@@ -135,6 +136,31 @@ TEST_F(StoreTest, ReadYourWrites) {
   // Empty requests are fine.
   EXPECT_TRUE(r->Write(0, {}, false).ok());
   EXPECT_TRUE(r->Read(4 * kMiB, {}).ok());
+}
+
+// A replica left by a deleted volume is never handed to a new volume of the same name: create
+// is idempotent for the same volume uid only, also after a restart of the store.
+TEST_F(StoreTest, CreateIsIdempotentForTheSameVolumeUidOnly) {
+  v1::CreateReplica req;
+  req.set_replica("vol1-r0");
+  req.set_volume("vol1");
+  req.set_volume_uid("uid-old");
+  req.set_size_bytes(kMiB);
+  req.set_generation(1);
+  auto first = store_->Create(req);
+  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_TRUE(WriteBlocks(**first, 0, 1, 0x31).ok());
+  ASSERT_TRUE((*first)->Flush().ok());
+  auto again = store_->Create(req);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->get(), first->get());
+  EXPECT_EQ(MetaOnDisk("vol1-r0").volume_uid(), "uid-old");
+  ASSERT_NO_FATAL_FAILURE(Reopen());
+  req.set_volume_uid("uid-new");
+  auto other = store_->Create(req);
+  EXPECT_EQ(other.status().code(), StatusCode::kAlreadyExists) << other.status();
+  EXPECT_THAT(other.status().message(), ::testing::HasSubstr("leftover"));
+  EXPECT_THAT(other.status().message(), ::testing::HasSubstr("uid-old"));
 }
 
 TEST_F(StoreTest, HolesReadZero) {
