@@ -525,6 +525,7 @@ TEST_F(HcictlTest, ImagesVolumesAndSnapshots) {
   o = Batch(
       "volume create blank --size 10Gi\n"
       "volume resize blank --size 20Gi\n"
+      "volume scrub blank --wait --report-only\n"
       "volume snapshot create blank s1\n"
       "volume snapshot list blank\n"
       "get snapshot s1 --volume blank -o name\n"
@@ -537,6 +538,7 @@ TEST_F(HcictlTest, ImagesVolumesAndSnapshots) {
   const std::string expected =
       "volume/blank created\n"
       "volume/blank resized to 20Gi\n"
+      "volume/blank scrubbed: 20Gi compared, 0 mismatched, 0 repaired (report only)\n"
       "snapshot/s1 created\n"
       "NAME   VOLUME   READY   SIZE   AGE\n"
       "s1     blank    true    0      AGE\n"
@@ -546,7 +548,7 @@ TEST_F(HcictlTest, ImagesVolumesAndSnapshots) {
       "snapshot/s1 deleted\n"
       "volume/blank\nvolume/copy\n";
   EXPECT_EQ(WithoutAges(o.out), expected) << o;
-  EXPECT_NE(o.err.find("error: line 10: volume/blank already exists"), std::string::npos) << o;
+  EXPECT_NE(o.err.find("error: line 11: volume/blank already exists"), std::string::npos) << o;
 }
 
 TEST_F(HcictlTest, PluginsAndVersion) {
