@@ -490,22 +490,8 @@ class ReplicatedStorage final : public StorageBackend {
                             paths.nbd_socket));
       return Info(paths);
     }
-    // An engine without an attachment was left by an attach that did not finish.
-    if (RunningEngine(paths) > 0) {
-      const bool clean = StopEngine(paths, kEngineStopGrace);
-      HCI_RETURN_NOT_OK(Update(name, [&](VolumeRecord& r) { r.engine_clean = clean; }));
-      rec->engine_clean = clean;
-    }
-    // Persisted before the engine runs: from its first write on, only an engine may touch the
-    // replicas until one stops cleanly.
-    const bool was_clean = rec->engine_clean;
-    HCI_RETURN_NOT_OK(Update(name, [](VolumeRecord& r) { r.engine_clean = false; }));
-    auto started = StartEngine(options_, paths, EngineConfigFor(*rec), kEngineStartTimeout);
-    if (!started.ok()) {
-      // It never served a request.
-      Update(name, [&](VolumeRecord& r) { r.engine_clean = was_clean; }).IgnoreError();
-      return started.status();
-    }
+    auto started = StartOwnEngine(name, *rec, paths);
+    if (!started.ok()) return started.status();
     Status saved = Update(name, [&](VolumeRecord& r) {
       r.obj.mutable_status()->set_attached_to(request.attacher());
       r.obj.mutable_status()->set_phase(api::VOLUME_PHASE_ATTACHED);
@@ -861,16 +847,8 @@ class ReplicatedStorage final : public StorageBackend {
     } else {
       // As AttachVolume does: the engine resynchronises the replicas before it serves, so a
       // scrub never reports what an unclean stop left in flight.
-      if (RunningEngine(paths) > 0) {
-        const bool clean = StopEngine(paths, kEngineStopGrace);
-        HCI_RETURN_NOT_OK(Update(name, [&](VolumeRecord& r) { r.engine_clean = clean; }));
-        rec->engine_clean = clean;
-      }
-      const bool was_clean = rec->engine_clean;
-      HCI_RETURN_NOT_OK(Update(name, [](VolumeRecord& r) { r.engine_clean = false; }));
-      auto started = StartEngine(options_, paths, EngineConfigFor(*rec), kEngineStartTimeout);
+      auto started = StartOwnEngine(name, *rec, paths);
       if (!started.ok()) {
-        Update(name, [&](VolumeRecord& r) { r.engine_clean = was_clean; }).IgnoreError();
         return started.status().WithContext("volume " + Quote(name) + ": starting its engine");
       }
     }
@@ -1225,6 +1203,28 @@ class ReplicatedStorage final : public StorageBackend {
     HCI_ASSIGN_OR_RAISE(auto answer,
                         CallEngine(paths.control_socket, request, options_.io_timeout));
     return answer.status();
+  }
+
+  // Starts the volume's engine for an attach or a scrub. An engine running without an
+  // attachment (left by an attach or a scrub that did not finish) is stopped first. The record
+  // says "unclean" before the engine runs: from its first write on, only an engine may touch
+  // the replicas until one stops cleanly. `rec` is updated as the record is.
+  Result<pid_t> StartOwnEngine(const std::string& name, VolumeRecord& rec,
+                               const EnginePaths& paths) {
+    if (RunningEngine(paths) > 0) {
+      const bool clean = StopEngine(paths, kEngineStopGrace);
+      HCI_RETURN_NOT_OK(Update(name, [&](VolumeRecord& r) { r.engine_clean = clean; }));
+      rec.engine_clean = clean;
+    }
+    const bool was_clean = rec.engine_clean;
+    HCI_RETURN_NOT_OK(Update(name, [](VolumeRecord& r) { r.engine_clean = false; }));
+    // The config is made from the record as it was before the start marked it unclean.
+    auto started = StartEngine(options_, paths, EngineConfigFor(rec), kEngineStartTimeout);
+    if (!started.ok()) {
+      // It never served a request.
+      Update(name, [&](VolumeRecord& r) { r.engine_clean = was_clean; }).IgnoreError();
+    }
+    return started;
   }
 
   rpb::EngineConfig EngineConfigFor(const VolumeRecord& rec) {
