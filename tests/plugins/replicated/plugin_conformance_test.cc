@@ -27,7 +27,8 @@ int main(int argc, char** argv) {
         << "      options:\n"
         << "        secret_file: \"" << nodes->secret_file() << "\"\n"
         << "        io_timeout_ms: 2000\n";
-    const auto& fields = nodes->Options().fields();
+    const google::protobuf::Struct node_options = nodes->Options();
+    const auto& fields = node_options.fields();
     if (auto it = fields.find("nbdkit"); it != fields.end()) {
       out << "        nbdkit: \"" << it->second.string_value() << "\"\n";
     }
