@@ -12,6 +12,18 @@ namespace hci {
 
 EventSink::~EventSink() = default;
 
+v1::Event MakeEvent(v1::EventType type, std::string_view kind, std::string_view name,
+                    std::string_view reason, std::string message, std::string_view parent) {
+  v1::Event event;
+  event.set_type(type);
+  event.mutable_object()->set_kind(std::string(kind));
+  event.mutable_object()->set_name(std::string(name));
+  if (!parent.empty()) event.mutable_object()->set_parent(std::string(parent));
+  event.set_reason(std::string(reason));
+  event.set_message(std::move(message));
+  return event;
+}
+
 Subscription::Subscription(std::function<void()> cancel) : cancel_(std::move(cancel)) {}
 
 Subscription::Subscription(Subscription&& other) noexcept : cancel_(std::move(other.cancel_)) {

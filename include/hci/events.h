@@ -3,6 +3,8 @@
 
 #include <functional>
 #include <memory>
+#include <string>
+#include <string_view>
 
 #include "hci/export.h"
 #include "hci/v1/event.pb.h"
@@ -18,6 +20,14 @@ class HCI_EXPORT EventSink {
   /// `event.time`, `event.source` and `event.node` are filled by the core when empty.
   virtual void Publish(const v1::Event& event) = 0;
 };
+
+/// An event about object `kind`/`name` (for example "Volume"/"data"; `parent` names the owning
+/// object of a sub-object such as a snapshot's volume, empty otherwise), with `type`, a CamelCase
+/// `reason` (as Kubernetes events have, e.g. "VolumeDegraded") and a human-readable `message`.
+/// `time`, `source` and `node` are left empty for EventSink::Publish to fill.
+HCI_EXPORT v1::Event MakeEvent(v1::EventType type, std::string_view kind, std::string_view name,
+                               std::string_view reason, std::string message,
+                               std::string_view parent = {});
 
 /// Receives events from Host::Subscribe, on the core's dispatch thread.
 using EventCallback = std::function<void(const v1::Event&)>;

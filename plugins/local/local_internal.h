@@ -281,8 +281,7 @@ google::protobuf::Timestamp Now();
 std::string Quote(std::string_view s);
 /// `<kind> "<name>" does not exist`, with `field: ` in front when given.
 Status Missing(std::string_view kind, std::string_view name, std::string_view field = {});
-v1::Event MakeEvent(v1::EventType type, std::string_view kind, std::string_view name,
-                    std::string_view reason, std::string message, std::string_view parent = {});
+using ::hci::MakeEvent;
 /// "qcow2" for IMAGE_FORMAT_QCOW2 etc. ("raw" for ISO); empty for UNSPECIFIED.
 std::string FormatName(v1::ImageFormat format);
 /// The enum value of a qemu-img format name; UNSPECIFIED for formats outside the enum.

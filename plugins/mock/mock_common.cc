@@ -82,14 +82,7 @@ BackendEnv::BackendEnv(PluginContext& context, BackendKind kind, Options options
 v1::Event BackendEnv::MakeEvent(v1::EventType type, std::string_view kind, std::string_view name,
                                 std::string_view reason, std::string message,
                                 std::string_view parent) const {
-  v1::Event event;
-  event.set_type(type);
-  event.mutable_object()->set_kind(std::string(kind));
-  event.mutable_object()->set_name(std::string(name));
-  if (!parent.empty()) event.mutable_object()->set_parent(std::string(parent));
-  event.set_reason(std::string(reason));
-  event.set_message(std::move(message));
-  return event;
+  return ::hci::MakeEvent(type, kind, name, reason, std::move(message), parent);
 }
 
 void BackendEnv::Publish(v1::Event event) const { context_.events().Publish(event); }

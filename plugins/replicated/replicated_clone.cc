@@ -535,11 +535,7 @@ Result<std::uint64_t> CloneSourceSize(const Options& options, const NodeLookup& 
   if (rec.obj.status().phase() == api::VOLUME_PHASE_DELETING) {
     return FailedPrecondition(source.field + ": volume " + Quote(name) + " is being deleted");
   }
-  if (!rec.pending_revert.empty()) {
-    return FailedPrecondition(source.field + ": volume " + Quote(name) + ": a revert to snapshot " +
-                              Quote(rec.pending_revert) +
-                              " has not reached every replica; retry RevertVolume first");
-  }
+  HCI_RETURN_NOT_OK(NoPendingRevert(rec).WithContext(source.field));
   if (source.snapshot.empty()) return rec.obj.spec().size_bytes();
   HCI_ASSIGN_OR_RAISE(
       View view, ChooseSource(options, node, rec, source.snapshot, source.field + ".snapshot"));

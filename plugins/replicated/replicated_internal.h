@@ -244,6 +244,10 @@ struct VolumeRecord {
 Status SaveRecord(const std::string& dir, const VolumeRecord& record);
 /// Removes `<dir>/<name>.json`; OK when absent.
 Status RemoveRecord(const std::string& dir, const std::string& name);
+/// OK unless a RevertVolume of the volume has not reached every replica yet; then
+/// FailedPrecondition `volume "v": a revert to snapshot "s" has not reached every replica; retry
+/// RevertVolume first`: until it has, the replicas may differ and nothing may use them.
+Status NoPendingRevert(const VolumeRecord& record);
 /// Every record in `dir`; a file that cannot be read is skipped with its error in `errors`.
 std::vector<VolumeRecord> LoadRecords(const std::string& dir, std::vector<std::string>* errors);
 

@@ -166,6 +166,13 @@ Status SaveRecord(const std::string& dir, const VolumeRecord& record) {
                              json::serialize(obj) + "\n");
 }
 
+Status NoPendingRevert(const VolumeRecord& record) {
+  if (record.pending_revert.empty()) return Status();
+  return FailedPrecondition("volume \"" + record.obj.metadata().name() +
+                            "\": a revert to snapshot \"" + record.pending_revert +
+                            "\" has not reached every replica; retry RevertVolume first");
+}
+
 Status RemoveRecord(const std::string& dir, const std::string& name) {
   const std::string path = RecordPath(dir, name);
   if (::unlink(path.c_str()) != 0 && errno != ENOENT) {

@@ -44,18 +44,6 @@ constexpr milliseconds kWatchInterval{1000};
 
 std::string Quote(std::string_view s) { return "\"" + std::string(s) + "\""; }
 
-api::Event MakeEvent(api::EventType type, std::string_view kind, std::string_view name,
-                     std::string_view reason, std::string message, std::string_view parent = {}) {
-  api::Event event;
-  event.set_type(type);
-  event.mutable_object()->set_kind(std::string(kind));
-  event.mutable_object()->set_name(std::string(name));
-  if (!parent.empty()) event.mutable_object()->set_parent(std::string(parent));
-  event.set_reason(std::string(reason));
-  event.set_message(std::move(message));
-  return event;
-}
-
 std::int64_t NowUnixMs() {
   return std::chrono::duration_cast<milliseconds>(
              std::chrono::system_clock::now().time_since_epoch())
@@ -463,11 +451,7 @@ class ReplicatedStorage final : public StorageBackend {
                                 Quote(status.attached_to()) + ", not " + Quote(request.attacher()) +
                                 "; a volume has one attacher");
     }
-    if (!rec->pending_revert.empty()) {
-      return FailedPrecondition("volume " + Quote(name) + ": a revert to snapshot " +
-                                Quote(rec->pending_revert) +
-                                " has not reached every replica; retry RevertVolume first");
-    }
+    HCI_RETURN_NOT_OK(NoPendingRevert(*rec));
     const EnginePaths paths = EnginePathsFor(options_.state_dir, name);
     if (status.attached_to() == request.attacher()) {
       if (RunningEngine(paths) > 0) return Info(paths);
@@ -831,11 +815,7 @@ class ReplicatedStorage final : public StorageBackend {
       return FailedPrecondition("volume " + Quote(name) +
                                 " has one replica; a scrub compares at least two");
     }
-    if (!rec->pending_revert.empty()) {
-      return FailedPrecondition("volume " + Quote(name) + ": a revert to snapshot " +
-                                Quote(rec->pending_revert) +
-                                " has not reached every replica; retry RevertVolume first");
-    }
+    HCI_RETURN_NOT_OK(NoPendingRevert(*rec));
     const EnginePaths paths = EnginePathsFor(options_.state_dir, name);
     const bool attached = !rec->obj.status().attached_to().empty();
     if (attached) {
