@@ -558,9 +558,17 @@ Result<pid_t> SpawnDaemon(const DaemonOptions& options) {
     // reparented and never becomes the caller's zombie.
     int report = report_write.get();
     if (::setsid() < 0) ChildFail(report, kSetsid);
+    const pid_t middle_pid = ::getpid();
     pid_t daemon = ::fork();
     if (daemon < 0) ChildFail(report, kFork);
     if (daemon == 0) {
+      // Exec only once reparented. A program that asks for a parent-death signal as it starts
+      // (nbdkit 1.32 sets PR_SET_PDEATHSIG to SIGTERM first thing in main, unconditionally)
+      // would otherwise get it when its parent, the intermediate child, exits just below, if the
+      // exec won the race: under load it sometimes does, and the daemon then dies silently at
+      // birth. The intermediate child only writes a pid and exits; 5 s bounds the wait anyway.
+      const struct timespec pause = {0, 100 * 1000};  // 100 us
+      for (int i = 0; i < 50000 && ::getppid() == middle_pid; ++i) ::nanosleep(&pause, nullptr);
       sigset_t empty;
       ::sigemptyset(&empty);
       ::sigprocmask(SIG_SETMASK, &empty, nullptr);

@@ -106,7 +106,9 @@ struct DaemonOptions {
 /// Starts a long-lived daemon that outlives the calling process: it runs in a new session
 /// (setsid), with stdin from /dev/null and stdout/stderr appended to `log_file`, and is
 /// double-forked so that it is reparented (to init or a subreaper) and never becomes the
-/// caller's zombie. Returns the daemon's pid once its execve succeeded.
+/// caller's zombie. The program is exec'd only after that reparenting, so one that sets a
+/// parent-death signal (PR_SET_PDEATHSIG) as it starts keeps running. Returns the daemon's pid
+/// once its execve succeeded.
 ///
 /// Errors: InvalidArgument for an empty argv or a relative log_file/pid_file; NotFound when the
 /// program does not exist; PermissionDenied when it is not executable; the errno status of a

@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -292,12 +293,16 @@ class DaemonTest : public ::testing::Test {
  protected:
   void SetUp() override { dir_ = TempDir(); }
   void TearDown() override {
-    for (pid_t pid : started_) ::kill(pid, SIGKILL);
+    // Only while it still runs what we started: pids are reused, and other tests run alongside.
+    for (const auto& [pid, cmdline] : started_) {
+      if (ProcessAlive(pid, cmdline)) ::kill(pid, SIGKILL);
+    }
     std::filesystem::remove_all(dir_);
   }
 
   std::string dir_;
-  std::vector<pid_t> started_;
+  // (pid, part of its command line)
+  std::vector<std::pair<pid_t, std::string>> started_;
 };
 
 TEST_F(DaemonTest, DaemonOutlivesItsThreadIsReparentedAndWritesItsPidfile) {
@@ -314,7 +319,7 @@ TEST_F(DaemonTest, DaemonOutlivesItsThreadIsReparentedAndWritesItsPidfile) {
   std::thread spawner([&] { pid = SpawnDaemon(o); });
   spawner.join();
   ASSERT_TRUE(pid.ok()) << pid.status();
-  started_.push_back(*pid);
+  started_.emplace_back(*pid, "sleep " + token);
 
   EXPECT_EQ(ReadFile(pidfile), std::to_string(*pid) + "\n");
   EXPECT_FALSE(std::filesystem::exists(pidfile + ".tmp." + std::to_string(::getpid())));
@@ -366,7 +371,7 @@ TEST_F(DaemonTest, DaemonHasOnlyStandardDescriptorsAndDevNullStdin) {
   ::close(leaked);
   ::close(high);
   ASSERT_TRUE(pid.ok()) << pid.status();
-  started_.push_back(*pid);
+  started_.emplace_back(*pid, "sleep " + token);
   // The program itself may hold a file open for a moment while it starts (sleep reads the locale
   // archive), so look until only 0-2 are left; an inherited descriptor would stay forever.
   std::vector<int> fds;
@@ -384,6 +389,39 @@ TEST_F(DaemonTest, DaemonHasOnlyStandardDescriptorsAndDevNullStdin) {
   EXPECT_EQ(std::filesystem::read_symlink("/proc/" + std::to_string(*pid) + "/fd/0"), "/dev/null");
   EXPECT_EQ(std::filesystem::read_symlink("/proc/" + std::to_string(*pid) + "/fd/1"),
             dir_ + "/log");
+}
+
+// Slows the process that forks while `slow_fork_parent` is set: in SpawnDaemon that is the
+// intermediate child, after it forked the daemon and before it exits.
+std::atomic<bool> slow_fork_parent{false};
+void SlowForkParent() {
+  if (slow_fork_parent.load()) ::usleep(300 * 1000);
+}
+
+// nbdkit sets PR_SET_PDEATHSIG first thing: a daemon exec'd before the intermediate child's exit
+// got that signal then, and died at birth. Here the intermediate child is held back (an atfork
+// handler) until long after the program has set its parent-death signal.
+TEST_F(DaemonTest, DaemonThatSetsAParentDeathSignalSurvivesTheIntermediateChild) {
+  static const bool registered = ::pthread_atfork(nullptr, SlowForkParent, nullptr) == 0;
+  ASSERT_TRUE(registered);
+  std::string token = "1000." + UniqueToken();
+  DaemonOptions o;
+  o.argv = {"setpriv", "--pdeathsig", "TERM", "--", "sleep", token};
+  o.log_file = dir_ + "/log";
+  slow_fork_parent = true;
+  auto pid = SpawnDaemon(o);
+  slow_fork_parent = false;
+  ASSERT_TRUE(pid.ok()) << pid.status();
+  started_.emplace_back(*pid, "sleep " + token);
+  bool running = false;
+  for (int i = 0; i < 100 && !running; ++i) {
+    running = ProcessAlive(*pid, "sleep " + token);
+    if (!running) std::this_thread::sleep_for(milliseconds(20));
+  }
+  ASSERT_TRUE(running) << ReadFile(o.log_file);
+  // The intermediate child has exited (SpawnDaemon reaped it); the daemon is still there.
+  std::this_thread::sleep_for(milliseconds(200));
+  EXPECT_TRUE(ProcessAlive(*pid, "sleep " + token)) << "killed by its parent-death signal";
 }
 
 TEST_F(DaemonTest, ExecFailureIsReported) {
