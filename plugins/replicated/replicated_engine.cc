@@ -68,12 +68,15 @@ bool Alive(pid_t pid, const EnginePaths& paths) {
 
 // True once `pid` no longer runs (no such process, or a zombie). Unlike Alive() it does not look
 // at the command line, which a process finishing its exec does not show yet.
+// A /proc read that fails or comes back short (it can, for a process in the middle of its exec)
+// says nothing: only "no such process" or a zombie's state does.
 bool Gone(pid_t pid) {
+  if (::kill(pid, 0) != 0 && errno == ESRCH) return true;
   std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
   std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   const auto close = stat.rfind(')');
-  return close == std::string::npos || close + 2 >= stat.size() || stat[close + 2] == 'Z' ||
-         stat[close + 2] == 'X';
+  if (close == std::string::npos || close + 2 >= stat.size()) return false;
+  return stat[close + 2] == 'Z' || stat[close + 2] == 'X';
 }
 
 bool WaitGone(pid_t pid, const EnginePaths& paths, milliseconds timeout) {

@@ -51,6 +51,13 @@ bool Exited(pid_t pid) {
   return close == std::string::npos || close + 2 >= stat.size() || stat[close + 2] == 'Z';
 }
 
+// A pid we started is signalled only while it still runs our program: once that exited, the
+// pid may belong to another test's process (pids wrap at pid_max, 32768 here, and parallel
+// tests start thousands of threads and processes).
+bool Ours(pid_t pid, const std::string& cmdline_part) {
+  return pid > 0 && process::ProcessAlive(pid, cmdline_part);
+}
+
 void WaitGone(pid_t pid) {
   for (int i = 0; i < 500 && !Exited(pid); ++i) {
     std::this_thread::sleep_for(10ms);
@@ -129,7 +136,7 @@ std::unique_ptr<Cluster> Cluster::Create(int nodes) {
 
 Cluster::~Cluster() {
   for (auto& n : nodes_) {
-    if (n.pid > 0) {
+    if (Ours(n.pid, n.data_dir)) {
       kill(n.pid, SIGCONT);
       kill(n.pid, SIGKILL);
       WaitGone(n.pid);
@@ -175,20 +182,21 @@ Status Cluster::StartServer(int i) {
 
 void Cluster::Kill(int i) {
   Node& n = nodes_.at(i);
-  if (n.pid <= 0) return;
-  kill(n.pid, SIGKILL);
-  WaitGone(n.pid);
+  if (Ours(n.pid, n.data_dir)) {
+    kill(n.pid, SIGKILL);
+    WaitGone(n.pid);
+  }
   n.pid = -1;
   n.stopped = false;
 }
 
 void Cluster::Pause(int i) {
-  kill(nodes_.at(i).pid, SIGSTOP);
+  if (Ours(nodes_.at(i).pid, nodes_.at(i).data_dir)) kill(nodes_.at(i).pid, SIGSTOP);
   nodes_.at(i).stopped = true;
 }
 
 void Cluster::Resume(int i) {
-  kill(nodes_.at(i).pid, SIGCONT);
+  if (Ours(nodes_.at(i).pid, nodes_.at(i).data_dir)) kill(nodes_.at(i).pid, SIGCONT);
   nodes_.at(i).stopped = false;
 }
 
@@ -321,9 +329,10 @@ Result<std::unique_ptr<EngineProcess>> EngineProcess::Start(Cluster& cluster,
 EngineProcess::~EngineProcess() { Kill(); }
 
 void EngineProcess::Kill() {
-  if (pid_ <= 0) return;
-  kill(pid_, SIGKILL);
-  WaitGone(pid_);
+  if (Ours(pid_, config_file_)) {
+    kill(pid_, SIGKILL);
+    WaitGone(pid_);
+  }
   pid_ = -1;
 }
 

@@ -102,7 +102,9 @@ class TestNodes {
 
   ~TestNodes() {
     for (auto& n : nodes_) {
-      if (n.pid > 0) {
+      // Only while it still runs our server: a pid that exited may be another test's by now
+      // (pids wrap at pid_max).
+      if (n.pid > 0 && process::ProcessAlive(n.pid, n.data_dir)) {
         ::kill(n.pid, SIGCONT);
         ::kill(n.pid, SIGKILL);
         WaitGone(n.pid);
@@ -151,9 +153,10 @@ class TestNodes {
   /// SIGKILL; returns once the process is gone.
   void Kill(int i) {
     TestNode& n = node(i);
-    if (n.pid <= 0) return;
-    ::kill(n.pid, SIGKILL);
-    WaitGone(n.pid);
+    if (n.pid > 0 && process::ProcessAlive(n.pid, n.data_dir)) {
+      ::kill(n.pid, SIGKILL);
+      WaitGone(n.pid);
+    }
     n.pid = -1;
   }
 
