@@ -66,26 +66,11 @@ bool Alive(pid_t pid, const EnginePaths& paths) {
   return process::ProcessAlive(pid, ConfigArg(paths));
 }
 
-// True once `pid` no longer runs (no such process, or a zombie). Unlike Alive() it does not look
-// at the command line, which a process finishing its exec does not show yet.
-// A /proc read that fails or comes back short (it can, for a process in the middle of its exec)
-// says nothing: only "no such process" or a zombie's state does.
-bool Gone(pid_t pid) {
-  if (::kill(pid, 0) != 0 && errno == ESRCH) return true;
-  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
-  std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  const auto close = stat.rfind(')');
-  if (close == std::string::npos || close + 2 >= stat.size()) return false;
-  return stat[close + 2] == 'Z' || stat[close + 2] == 'X';
-}
-
-bool WaitGone(pid_t pid, const EnginePaths& paths, milliseconds timeout) {
-  const auto deadline = Clock::now() + timeout;
-  while (Alive(pid, paths)) {
-    if (Clock::now() > deadline) return false;
-    std::this_thread::sleep_for(milliseconds(10));
-  }
-  return true;
+// Kills the engine `engine` (SIGKILL) and waits up to `timeout` until every one of its threads
+// has exited; whether they have.
+bool KillAndWait(const process::ProcessRef& engine, milliseconds timeout) {
+  engine.Signal(SIGKILL);
+  return engine.WaitExited(timeout);
 }
 
 void RemoveRuntimeFiles(const EnginePaths& paths) {
@@ -167,6 +152,17 @@ Result<pid_t> StartEngine(const Options& options, const EnginePaths& paths,
   daemon.pid_file = paths.pid_file;
   daemon.working_dir = paths.dir;
   HCI_ASSIGN_OR_RAISE(pid_t pid, process::SpawnDaemon(daemon));
+  // Held by a pidfd from here on: the engine's exit is its whole exit (a zombie main thread is
+  // not), and a kill never reaches a process that reused the pid.
+  auto not_started = [&](const std::string& why) {
+    RemoveRuntimeFiles(paths);
+    return Unavailable("volume " + config.volume() + ": the engine did not start within " +
+                       std::to_string(timeout.count()) + " ms (" + why + "); its log (" +
+                       paths.log_file +
+                       ") ends with: " + process::Tail(ReadAll(paths.log_file), 1500));
+  };
+  auto engine = process::ProcessRef::Open(pid);
+  if (!engine.ok()) return not_started("the engine exited: " + engine.status().message());
 
   // nbdkit binds the NBD socket first; the control socket answers once the engine has started
   // (it reached a read quorum of replicas), or the process exits.
@@ -175,7 +171,7 @@ Result<pid_t> StartEngine(const Options& options, const EnginePaths& paths,
   const auto deadline = Clock::now() + timeout;
   std::string last;
   while (Clock::now() < deadline) {
-    if (Gone(pid)) {
+    if (engine->WaitExited(milliseconds(0))) {
       last = "the engine exited";
       break;
     }
@@ -188,26 +184,20 @@ Result<pid_t> StartEngine(const Options& options, const EnginePaths& paths,
     std::this_thread::sleep_for(milliseconds(20));
   }
   if (last.empty()) last = "no answer on its control socket";
-  if (Alive(pid, paths)) {
-    ::kill(pid, SIGKILL);
-    WaitGone(pid, paths, milliseconds(5000));
-  }
-  RemoveRuntimeFiles(paths);
-  return Unavailable("volume " + config.volume() + ": the engine did not start within " +
-                     std::to_string(timeout.count()) + " ms (" + last + "); its log (" +
-                     paths.log_file +
-                     ") ends with: " + process::Tail(ReadAll(paths.log_file), 1500));
+  KillAndWait(*engine, milliseconds(5000));
+  return not_started(last);
 }
 
 bool StopEngine(const EnginePaths& paths, milliseconds grace) {
   const pid_t pid = RunningEngine(paths);
   bool clean = false;
   if (pid > 0) {
-    ::kill(pid, SIGTERM);
-    clean = WaitGone(pid, paths, grace);
-    if (!clean) {
-      ::kill(pid, SIGKILL);
-      WaitGone(pid, paths, milliseconds(10000));
+    auto engine = process::ProcessRef::Open(pid);
+    // Still the engine once held (the pid was not reused in between).
+    if (engine.ok() && Alive(pid, paths)) {
+      engine->Signal(SIGTERM);
+      clean = engine->WaitExited(grace);
+      if (!clean) KillAndWait(*engine, milliseconds(10000));
     }
   }
   RemoveRuntimeFiles(paths);

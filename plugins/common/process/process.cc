@@ -671,4 +671,49 @@ bool ProcessAlive(pid_t pid, std::string_view expected_cmdline_substring) {
   return cmdline.find(expected_cmdline_substring) != std::string::npos;
 }
 
+Result<ProcessRef> ProcessRef::Open(pid_t pid) {
+  if (pid <= 0) return InvalidArgument("pid: " + std::to_string(pid) + " is not a process id");
+  const int fd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+  if (fd < 0) {
+    if (errno == ESRCH) return NotFound("no process " + std::to_string(pid));
+    return ErrnoStatus(errno, "pidfd_open " + std::to_string(pid));
+  }
+  return ProcessRef(pid, fd);  // pidfds are close-on-exec
+}
+
+ProcessRef::ProcessRef(ProcessRef&& other) noexcept
+    : pid_(std::exchange(other.pid_, -1)), pidfd_(std::exchange(other.pidfd_, -1)) {}
+
+ProcessRef& ProcessRef::operator=(ProcessRef&& other) noexcept {
+  if (this != &other) {
+    if (pidfd_ >= 0) ::close(pidfd_);
+    pid_ = std::exchange(other.pid_, -1);
+    pidfd_ = std::exchange(other.pidfd_, -1);
+  }
+  return *this;
+}
+
+ProcessRef::~ProcessRef() {
+  if (pidfd_ >= 0) ::close(pidfd_);
+}
+
+void ProcessRef::Signal(int signal) const {
+  if (pidfd_ >= 0) ::syscall(SYS_pidfd_send_signal, pidfd_, signal, nullptr, 0);
+}
+
+bool ProcessRef::WaitExited(std::chrono::milliseconds timeout) const {
+  if (pidfd_ < 0) return true;
+  // The pidfd polls readable once the whole thread group has exited.
+  const auto deadline = Clock::now() + timeout;
+  for (;;) {
+    pollfd p{pidfd_, POLLIN, 0};
+    const auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+    const int n = ::poll(&p, 1, static_cast<int>(std::clamp<long long>(left, 0, 60000)));
+    if (n > 0) return true;
+    if (n < 0 && errno != EINTR) return false;
+    if (n == 0 && Clock::now() >= deadline) return false;
+  }
+}
+
 }  // namespace hci::process

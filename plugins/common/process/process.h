@@ -121,6 +121,38 @@ Result<pid_t> SpawnDaemon(const DaemonOptions& options);
 /// recycled by an unrelated program is therefore not mistaken for the daemon.
 bool ProcessAlive(pid_t pid, std::string_view expected_cmdline_substring);
 
+/// A process held by a pidfd (pidfd_open(2), Linux 5.3), so that its signals and waits reach it
+/// and never a later process that reuses its pid. Move-only.
+class ProcessRef {
+ public:
+  /// Holds process `pid`. NotFound when there is no such process (it may have exited and been
+  /// reaped already); the errno status of another failure. Checking that the process is the
+  /// expected one (ProcessAlive) after Open() leaves no window for pid reuse.
+  static Result<ProcessRef> Open(pid_t pid);
+
+  ProcessRef(ProcessRef&& other) noexcept;
+  ProcessRef& operator=(ProcessRef&& other) noexcept;
+  ProcessRef(const ProcessRef&) = delete;
+  ProcessRef& operator=(const ProcessRef&) = delete;
+  ~ProcessRef();
+
+  pid_t pid() const { return pid_; }
+
+  /// Sends `signal` (pidfd_send_signal(2)). A process that has already exited is not an error.
+  void Signal(int signal) const;
+
+  /// Waits up to `timeout` (0: only looks) until every thread of the process has exited, and
+  /// returns whether they have. Then its descriptors and sockets are closed, which a zombie
+  /// state in /proc/<pid>/stat does not say: that is the main thread's alone, and the others
+  /// can still be exiting.
+  bool WaitExited(std::chrono::milliseconds timeout) const;
+
+ private:
+  ProcessRef(pid_t pid, int pidfd) : pid_(pid), pidfd_(pidfd) {}
+  pid_t pid_ = -1;
+  int pidfd_ = -1;
+};
+
 /// Replaces the file at `path` with `content` so that a reader sees the old content or the new
 /// one, never a part, and a crash leaves one of them: a hidden temporary file in the same
 /// directory is written, given `mode`, fsynced and renamed over `path`, then the directory is

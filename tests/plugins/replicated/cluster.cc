@@ -17,6 +17,7 @@
 #include <sstream>
 #include <thread>
 
+#include "plugin_test_nodes.h"
 #include "process/process.h"
 #include "wire/replica_wire.h"
 
@@ -51,17 +52,13 @@ bool Exited(pid_t pid) {
   return close == std::string::npos || close + 2 >= stat.size() || stat[close + 2] == 'Z';
 }
 
+using plugin_testing::KillAndWait;
+
 // A pid we started is signalled only while it still runs our program: once that exited, the
 // pid may belong to another test's process (pids wrap at pid_max, 32768 here, and parallel
 // tests start thousands of threads and processes).
 bool Ours(pid_t pid, const std::string& cmdline_part) {
   return pid > 0 && process::ProcessAlive(pid, cmdline_part);
-}
-
-void WaitGone(pid_t pid) {
-  for (int i = 0; i < 500 && !Exited(pid); ++i) {
-    std::this_thread::sleep_for(10ms);
-  }
 }
 
 }  // namespace
@@ -136,11 +133,7 @@ std::unique_ptr<Cluster> Cluster::Create(int nodes) {
 
 Cluster::~Cluster() {
   for (auto& n : nodes_) {
-    if (Ours(n.pid, n.data_dir)) {
-      kill(n.pid, SIGCONT);
-      kill(n.pid, SIGKILL);
-      WaitGone(n.pid);
-    }
+    KillAndWait(n.pid, n.data_dir);
     if (!n.host_if.empty()) Ip({"link", "del", n.host_if});
     if (!n.netns.empty()) Ip({"netns", "del", n.netns});
   }
@@ -182,10 +175,7 @@ Status Cluster::StartServer(int i) {
 
 void Cluster::Kill(int i) {
   Node& n = nodes_.at(i);
-  if (Ours(n.pid, n.data_dir)) {
-    kill(n.pid, SIGKILL);
-    WaitGone(n.pid);
-  }
+  KillAndWait(n.pid, n.data_dir);
   n.pid = -1;
   n.stopped = false;
 }
@@ -329,10 +319,7 @@ Result<std::unique_ptr<EngineProcess>> EngineProcess::Start(Cluster& cluster,
 EngineProcess::~EngineProcess() { Kill(); }
 
 void EngineProcess::Kill() {
-  if (Ours(pid_, config_file_)) {
-    kill(pid_, SIGKILL);
-    WaitGone(pid_);
-  }
+  KillAndWait(pid_, config_file_);
   pid_ = -1;
 }
 

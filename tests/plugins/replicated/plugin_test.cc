@@ -593,8 +593,7 @@ TEST_F(ReplicatedPluginTest, EngineOutlivesTheHostAndIsFoundAgain) {
   }
 
   // A dead engine is restarted by the attacher's next attach.
-  ::kill(pid, SIGKILL);
-  WaitGone(pid);
+  KillAndWait(pid, socket);
   auto dead = Get("keep");
   ASSERT_TRUE(dead.ok());
   EXPECT_THAT(dead->status().message(), HasSubstr("engine"));
@@ -654,7 +653,7 @@ TEST_F(ReplicatedPluginTest, AKilledNodeShowsAFailedReplicaAndADegradedVolume) {
   ASSERT_TRUE(attached.ok());
   EXPECT_EQ(attached->status().robustness(), v1::VOLUME_ROBUSTNESS_DEGRADED) << JsonOf(*attached);
   EXPECT_EQ(attached->status().replicas(1).state(), v1::REPLICA_STATE_FAILED) << JsonOf(*attached);
-  ASSERT_TRUE(nodes_->StartServer(1).ok());
+  ASSERT_EQ(nodes_->StartServer(1), Status::OK());
   // Nobody asks for the volume now: the plugin notices the engine's rebuild on its own, reports
   // it as an operation with progress, and publishes the events.
   std::optional<v1::OperationStatus> rebuild;
@@ -785,7 +784,7 @@ TEST_F(ReplicatedPluginTest, DetachedSnapshotsNeedEveryReplica) {
   auto refused = Snapshot("needy", "s1");
   EXPECT_EQ(refused.status().code(), StatusCode::kUnavailable) << refused.status();
   EXPECT_THAT(refused.status().message(), HasSubstr("needy-r2"));
-  ASSERT_TRUE(nodes_->StartServer(2).ok());
+  ASSERT_EQ(nodes_->StartServer(2), Status::OK());
   EXPECT_TRUE(SnapshotNames("needy").empty()) << "a refused snapshot left a trace";
   ASSERT_TRUE(Snapshot("needy", "s1").ok());
   EXPECT_EQ(SnapshotNames("needy"), (std::vector<std::string>{"s1"}));
@@ -924,7 +923,7 @@ TEST_F(ReplicatedExpandTest, DetachedExpandNeedsEveryReplicaAndARetryFinishesIt)
   EXPECT_THAT(refused.status().message(), HasSubstr("held-r2"));
   EXPECT_EQ(Get("held")->status().capacity_bytes(), kSize) << "the record claims a size the "
                                                               "replicas do not all have";
-  ASSERT_TRUE(nodes_->StartServer(2).ok());
+  ASSERT_EQ(nodes_->StartServer(2), Status::OK());
   auto grown = Expand("held", 2 * kSize);
   ASSERT_TRUE(grown.ok()) << grown.status();
   EXPECT_EQ(grown->status().capacity_bytes(), 2 * kSize);
@@ -1041,7 +1040,7 @@ TEST_F(ReplicatedExpandTest, AReplicaThatMissedTheExpandIsGrownByItsRebuild) {
     nbd.Write(bigger - kMiB, kMiB, 0x66);  // beyond the old end: must reach the late replica
     nbd.Flush();
   }
-  ASSERT_TRUE(nodes_->StartServer(1).ok());
+  ASSERT_EQ(nodes_->StartServer(1), Status::OK());
   bool healthy = false;
   for (auto until = std::chrono::steady_clock::now() + std::chrono::seconds(60);
        std::chrono::steady_clock::now() < until && !healthy;) {
@@ -1090,7 +1089,7 @@ TEST_F(ReplicatedPluginTest, DeleteRemovesTheReplicasFromTheNodes) {
   ASSERT_TRUE(deleting.ok());
   EXPECT_EQ(deleting->status().phase(), v1::VOLUME_PHASE_DELETING);
   EXPECT_EQ(Attach("gone").status().code(), StatusCode::kFailedPrecondition);
-  ASSERT_TRUE(nodes_->StartServer(1).ok());
+  ASSERT_EQ(nodes_->StartServer(1), Status::OK());
   ASSERT_TRUE(Delete("gone").ok());
   EXPECT_EQ(Get("gone").status().code(), StatusCode::kNotFound);
   for (int i = 0; i < 3; ++i) {
@@ -1393,7 +1392,7 @@ TEST_F(ReplicatedCloneTest, AFailedCloneLeavesNoReplicas) {
   EXPECT_TRUE(HasCloneOperation("orphan", v1::OPERATION_PHASE_FAILED));
 
   // Once the node is back the same request succeeds.
-  ASSERT_TRUE(nodes_->StartServer(0).ok());
+  ASSERT_EQ(nodes_->StartServer(0), Status::OK());
   auto retried = storage_->CreateVolume(r);
   ASSERT_TRUE(retried.ok()) << retried.status();
   ExpectReplicasIdentical("orphan", 2);
@@ -1845,7 +1844,7 @@ TEST_F(ReplicatedSpareTest, AReplicaOfAKilledNodeIsReplacedOnTheSpareNodeAndReti
   auto deleting = Get("spare");
   ASSERT_TRUE(deleting.ok()) << deleting.status();
   EXPECT_EQ(deleting->status().phase(), v1::VOLUME_PHASE_DELETING);
-  ASSERT_TRUE(nodes_->StartServer(killed).ok());
+  ASSERT_EQ(nodes_->StartServer(killed), Status::OK());
   EXPECT_TRUE(nodes_->HasReplica(killed, lost));
   ASSERT_TRUE(Delete("spare").ok());
   EXPECT_EQ(Get("spare").status().code(), StatusCode::kNotFound);

@@ -2,7 +2,7 @@
 // 127.0.0.1 (each with its own data directory, port and log), and the plugin options that point
 // at them.
 //
-// Not cluster.h: its helpers use the replica protocol's messages (replica.pb.cc), which the
+// Not cluster.h: its helpers use the replica protocol's messages (hci.replicated.v1), which the
 // plugin's shared object carries too, and protobuf aborts a process into which the same .proto
 // is registered twice. These tests talk to the nodes only through the plugin and the file system.
 #pragma once
@@ -52,10 +52,16 @@ inline bool Exited(pid_t pid) {
   return close == std::string::npos || close + 2 >= stat.size() || stat[close + 2] == 'Z';
 }
 
-inline void WaitGone(pid_t pid) {
-  for (int i = 0; i < 1000 && !Exited(pid); ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
+/// SIGKILLs `pid` while it still runs a program whose command line holds `cmdline_part` (pids
+/// are reused, and other tests run alongside), and returns once every thread of it has exited:
+/// its listening socket is closed then, which a zombie main thread does not promise.
+inline void KillAndWait(pid_t pid, const std::string& cmdline_part) {
+  if (pid <= 0) return;
+  auto process = process::ProcessRef::Open(pid);
+  if (!process.ok() || !process::ProcessAlive(pid, cmdline_part)) return;
+  process->Signal(SIGCONT);  // a paused (SIGSTOP) node too
+  process->Signal(SIGKILL);
+  process->WaitExited(std::chrono::seconds(10));
 }
 
 class TestNodes {
@@ -102,13 +108,7 @@ class TestNodes {
 
   ~TestNodes() {
     for (auto& n : nodes_) {
-      // Only while it still runs our server: a pid that exited may be another test's by now
-      // (pids wrap at pid_max).
-      if (n.pid > 0 && process::ProcessAlive(n.pid, n.data_dir)) {
-        ::kill(n.pid, SIGCONT);
-        ::kill(n.pid, SIGKILL);
-        WaitGone(n.pid);
-      }
+      KillAndWait(n.pid, n.data_dir);
     }
     std::error_code ec;
     if (::getenv("HCI_KEEP_TEST_DIR") == nullptr) {
@@ -153,10 +153,7 @@ class TestNodes {
   /// SIGKILL; returns once the process is gone.
   void Kill(int i) {
     TestNode& n = node(i);
-    if (n.pid > 0 && process::ProcessAlive(n.pid, n.data_dir)) {
-      ::kill(n.pid, SIGKILL);
-      WaitGone(n.pid);
-    }
+    KillAndWait(n.pid, n.data_dir);
     n.pid = -1;
   }
 

@@ -1,5 +1,6 @@
 // hci::process against real programs: Run() (exit codes, stdin, stdout/stderr capture,
-// verbatim arguments, timeout, cancel, descriptor hygiene) and SpawnDaemon()/ProcessAlive().
+// verbatim arguments, timeout, cancel, descriptor hygiene), SpawnDaemon()/ProcessAlive() and
+// ProcessRef.
 #include "process/process.h"
 
 #include <fcntl.h>
@@ -9,6 +10,8 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -458,6 +461,69 @@ TEST(ProcessAliveTest, MatchesOnTheCommandLine) {
   EXPECT_FALSE(ProcessAlive(::getpid(), "qemu-system-x86_64 -name " + UniqueToken()));
   EXPECT_FALSE(ProcessAlive(0, ""));
   EXPECT_FALSE(ProcessAlive(-1, ""));
+}
+
+TEST(ProcessRefTest, AReapedPidIsNotFound) {
+  pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) ::_exit(0);
+  ASSERT_EQ(::waitpid(child, nullptr, 0), child);
+  EXPECT_EQ(ProcessRef::Open(child).status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(ProcessRef::Open(-1).status().code(), StatusCode::kInvalidArgument);
+}
+
+TEST(ProcessRefTest, SignalsAndWaitsForADaemonThatIsNotOurChild) {
+  std::string token = "1000." + UniqueToken();
+  DaemonOptions o;
+  o.argv = {"sleep", token};
+  o.log_file = "/dev/null";
+  auto pid = SpawnDaemon(o);
+  ASSERT_TRUE(pid.ok()) << pid.status();
+  auto ref = ProcessRef::Open(*pid);
+  ASSERT_TRUE(ref.ok()) << ref.status();
+  ProcessRef held = std::move(*ref);
+  EXPECT_EQ(held.pid(), *pid);
+  EXPECT_FALSE(held.WaitExited(milliseconds(0)));
+  EXPECT_FALSE(held.WaitExited(milliseconds(50)));
+  held.Signal(SIGKILL);
+  EXPECT_TRUE(held.WaitExited(seconds(10)));
+  EXPECT_FALSE(ProcessAlive(*pid, "sleep " + token));
+  held.Signal(SIGKILL);  // exited (and reaped by init): harmless
+  EXPECT_TRUE(held.WaitExited(milliseconds(0)));
+}
+
+// The reason ProcessRef exists: a main thread that has exited shows 'Z' in /proc/<pid>/stat
+// while the process's other threads still run (and hold its sockets open).
+TEST(ProcessRefTest, AZombieMainThreadIsNotAnExitedProcess) {
+  pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    pthread_t worker;
+    ::pthread_create(
+        &worker, nullptr,
+        [](void*) -> void* {
+          ::usleep(500 * 1000);
+          ::_exit(0);
+        },
+        nullptr);
+    // exit(2) of this thread alone: pthread_exit() would unwind through GoogleTest's catch.
+    ::syscall(SYS_exit, 0);
+  }
+  auto ref = ProcessRef::Open(child);
+  ASSERT_TRUE(ref.ok()) << ref.status();
+  std::string state;
+  for (int i = 0; i < 200 && state != "Z"; ++i) {
+    const std::string stat = ReadFile("/proc/" + std::to_string(child) + "/stat");
+    const auto close = stat.rfind(')');
+    state = close == std::string::npos ? "" : stat.substr(close + 2, 1);
+    if (state != "Z") std::this_thread::sleep_for(milliseconds(5));
+  }
+  EXPECT_EQ(state, "Z") << "the main thread did not exit first";
+  EXPECT_FALSE(ref->WaitExited(milliseconds(0)));
+  EXPECT_TRUE(ref->WaitExited(seconds(10)));
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  EXPECT_TRUE(WIFEXITED(status));
 }
 
 TEST(FindProgramTest, SearchesEachPathEntry) {
