@@ -4,6 +4,7 @@
 // shared while its file is read (a clone) and exclusively while it is changed (resize, snapshot,
 // revert, attach, delete), without Store::mu. Order: a volume's io lock, then Store::mu.
 #include <algorithm>
+#include <boost/scope_exit.hpp>
 #include <filesystem>
 #include <utility>
 
@@ -15,19 +16,6 @@ namespace {
 
 constexpr char kVolumeKind[] = "Volume";
 constexpr char kSnapshotKind[] = "Snapshot";
-
-// Runs a function when it goes out of scope.
-template <typename Fn>
-class ScopeExit {
- public:
-  explicit ScopeExit(Fn fn) : fn_(std::move(fn)) {}
-  ScopeExit(const ScopeExit&) = delete;
-  ScopeExit& operator=(const ScopeExit&) = delete;
-  ~ScopeExit() { fn_(); }
-
- private:
-  Fn fn_;
-};
 
 Status ValidateSize(std::uint64_t size, std::string_view field) {
   if (size % kBlockBytes != 0) {
@@ -146,10 +134,10 @@ class LocalStorage final : public StorageBackend {
       HCI_ASSIGN_OR_RAISE(plan, PlanLocked(spec));
       store_->creating.emplace(name, plan.image);
     }
-    ScopeExit release([&] {
+    BOOST_SCOPE_EXIT_ALL(&) {
       std::lock_guard lock(store_->mu);
       store_->creating.erase(name);
-    });
+    };
 
     TempFile tmp(store_->TempPath(name, ".qcow2"));
     HCI_RETURN_NOT_OK(Build(plan, tmp.path()));

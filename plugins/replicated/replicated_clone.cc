@@ -6,6 +6,7 @@
 #include <sys/time.h>
 
 #include <algorithm>
+#include <boost/scope_exit.hpp>
 #include <future>
 #include <random>
 #include <set>
@@ -337,9 +338,9 @@ class Cloner {
                             .status());
       snapshot = temporary;
     }
-    ScopeExit drop([&] {
+    BOOST_SCOPE_EXIT_ALL(&) {
       if (!temporary.empty()) DropTemporary(temporary);
-    });
+    };
     HCI_ASSIGN_OR_RAISE(View from, ChooseSource(options_, node_, rec, snapshot, source_.field));
     return Copy(from, snapshot);
   }

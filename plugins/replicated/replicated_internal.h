@@ -37,19 +37,6 @@ namespace hci::replicated::plugin {
 namespace api = ::hci::v1;
 namespace rpb = ::hci::replicated::v1;
 
-/// Runs a function when it goes out of scope (undoing a half-done step on every return path).
-template <typename Fn>
-class ScopeExit {
- public:
-  explicit ScopeExit(Fn fn) : fn_(std::move(fn)) {}
-  ScopeExit(const ScopeExit&) = delete;
-  ScopeExit& operator=(const ScopeExit&) = delete;
-  ~ScopeExit() { fn_(); }
-
- private:
-  Fn fn_;
-};
-
 /// The plugin's name, as registered with HCI_PLUGIN.
 inline constexpr char kPluginName[] = "replicated";
 /// Volume sizes are multiples of this many bytes.

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <boost/scope_exit.hpp>
 #include <condition_variable>
 #include <filesystem>
 #include <fstream>
@@ -261,10 +262,10 @@ class ReplicatedStorage final : public StorageBackend {
       }
     }
     if (raced) return Existing(*raced, request);
-    ScopeExit release([&] {
+    BOOST_SCOPE_EXIT_ALL(&) {
       std::lock_guard lock(mu_);
       creating_.erase(name);
-    });
+    };
 
     // Each replica on its node, at generation 1. A failure removes what was made.
     const api::ObjectMeta meta = NewObjectMeta(request.metadata());
