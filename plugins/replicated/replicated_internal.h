@@ -21,11 +21,11 @@
 
 #include "hci/operation.h"
 #include "hci/plugin.h"
+#include "hci/replicated/v1/replica.pb.h"
 #include "hci/result.h"
 #include "hci/status.h"
 #include "hci/storage.h"
 #include "process/process.h"
-#include "replica.pb.h"
 
 namespace hci::replicated::wire {
 class Connection;

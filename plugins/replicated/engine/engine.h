@@ -10,9 +10,9 @@
 #include <span>
 #include <string>
 
+#include "hci/replicated/v1/replica.pb.h"
 #include "hci/result.h"
 #include "hci/status.h"
-#include "replica.pb.h"
 
 namespace hci::replicated {
 

@@ -2,7 +2,7 @@
 // (handshake, unix socket or TCP, FUA/FLUSH/TRIM/WRITE_ZEROES flags, multi-conn) and this file
 // maps its callbacks onto hci::replicated::Engine. Started by the replicated plugin as
 //   nbdkit --foreground --unix SOCK --threads 32 nbdkit-hci-engine-plugin.so config=FILE
-// where FILE holds a binary EngineConfig (proto/replica.proto).
+// where FILE holds a binary EngineConfig (proto/hci/replicated/v1/replica.proto).
 #define NBDKIT_API_VERSION 2
 #include <nbdkit-plugin.h>
 #include <spdlog/sinks/stdout_sinks.h>

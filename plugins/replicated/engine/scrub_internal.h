@@ -14,9 +14,9 @@
 #include <thread>
 #include <vector>
 
+#include "hci/replicated/v1/replica.pb.h"
 #include "hci/result.h"
 #include "hci/status.h"
-#include "replica.pb.h"
 
 namespace hci::replicated {
 

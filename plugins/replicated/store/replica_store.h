@@ -3,8 +3,8 @@
 // plugins/replicated; hci-replica-server serves it, unit tests drive it directly.
 //
 // On disk, under the store's root directory:
-//   <root>/<replica>/meta            ReplicaMeta (replica.proto), written to meta.tmp, fsynced,
-//                                    renamed over, directory fsynced
+//   <root>/<replica>/meta            ReplicaMeta (hci.replicated.v1), written to meta.tmp,
+//                                    fsynced, renamed over, directory fsynced
 //   <root>/<replica>/layer-<id>.img  sparse data file of one layer (head or snapshot)
 //   <root>/<replica>/layer-<id>.map  which 4 KiB blocks the layer owns, a bitmap (bit i: block i)
 //   <root>/<replica>/dirty-<gen>.map which 64 KiB chunks were written while at generation <gen>
@@ -22,9 +22,9 @@
 #include <string_view>
 #include <vector>
 
+#include "hci/replicated/v1/replica.pb.h"
 #include "hci/result.h"
 #include "hci/status.h"
-#include "replica.pb.h"
 
 namespace hci::replicated {
 

@@ -33,9 +33,9 @@
 #include <string>
 #include <string_view>
 
+#include "hci/replicated/v1/replica.pb.h"
 #include "hci/result.h"
 #include "hci/status.h"
-#include "replica.pb.h"
 
 namespace hci::replicated::wire {
 

@@ -11,9 +11,9 @@
 #include <string>
 #include <vector>
 
+#include "hci/replicated/v1/replica.pb.h"
 #include "hci/result.h"
 #include "hci/status.h"
-#include "replica.pb.h"
 
 namespace hci::replicated::testing {
 
