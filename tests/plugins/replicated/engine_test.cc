@@ -258,7 +258,7 @@ TEST_F(EngineTest, AcknowledgedWritesSurviveRandomFaults) {
     if (kind == 2) cluster_->Cut(node);
     std::this_thread::sleep_for(std::chrono::milliseconds(200 + rng() % 2500));
     if (kind == 0) {
-      ASSERT_TRUE(cluster_->StartServer(node).ok());
+      ASSERT_EQ(cluster_->StartServer(node), Status::OK());
     }
     if (kind == 1) cluster_->Resume(node);
     if (kind == 2) cluster_->Heal(node);
@@ -299,7 +299,7 @@ TEST_F(EngineTest, StaleReplicaIsNeverReadAndRebuildCopiesOnlyChanges) {
     ASSERT_EQ(nbd_pwrite((*c)->get(), buf.data(), kBlock, b * 256 * kBlock, 0), 0)
         << nbd_get_error();
   }
-  ASSERT_TRUE(cluster_->StartServer(0).ok());
+  ASSERT_EQ(cluster_->StartServer(0), Status::OK());
   bool saw_rebuilding = false;
   std::uint64_t rebuild_total = 0;
   for (int round = 0; round < 2000; ++round) {
@@ -376,8 +376,8 @@ TEST_F(EngineTest, BelowWriteQuorumNothingIsAcknowledged) {
   auto status = engine_->GetStatus();
   ASSERT_TRUE(status.ok());
   EXPECT_FALSE(status->writable());
-  ASSERT_TRUE(cluster_->StartServer(1).ok());
-  ASSERT_TRUE(cluster_->StartServer(2).ok());
+  ASSERT_EQ(cluster_->StartServer(1), Status::OK());
+  ASSERT_EQ(cluster_->StartServer(2), Status::OK());
   ASSERT_TRUE(engine_->WaitHealthy(60000).ok());
   EXPECT_EQ(ledger.Check((*c)->get(), 64), "");
   FlushAll();
@@ -404,7 +404,7 @@ TEST_F(EngineTest, EveryReplicaLostThenBackLosesNothing) {
     EXPECT_NE(nbd_pwrite((*c)->get(), buf.data(), kBlock, b * kBlock, 0), 0);
     ledger.Failed(b, 400 + b);
   }
-  for (int i = 0; i < 3; ++i) ASSERT_TRUE(cluster_->StartServer(i).ok());
+  for (int i = 0; i < 3; ++i) ASSERT_EQ(cluster_->StartServer(i), Status::OK());
   ASSERT_TRUE(engine_->WaitHealthy(60000).ok());
   EXPECT_EQ(ledger.Check((*c)->get(), 64), "");
   FlushAll();
@@ -754,7 +754,7 @@ TEST_F(LayerTest, SnapshotTakenWhileReplicaDownIsRebuilt) {
   for (std::uint64_t b = 0; b < 8; ++b) ASSERT_NO_FATAL_FAILURE(Write(h, b * 256, 3));
   ASSERT_NO_FATAL_FAILURE(Snapshot("s1"));
   for (std::uint64_t b = 4; b < 12; ++b) ASSERT_NO_FATAL_FAILURE(Write(h, b * 256, 4));
-  ASSERT_TRUE(cluster_->StartServer(0).ok());
+  ASSERT_EQ(cluster_->StartServer(0), Status::OK());
   const std::uint64_t copied = WaitRebuilt(0);
   FlushAll();
   ExpectReplicasIdentical();
@@ -809,7 +809,7 @@ TEST_F(LayerTest, FullRebuildReproducesEverySnapshot) {
   ASSERT_EQ(nbd_flush(h, 0), 0);
   cluster_->Kill(0);
   std::filesystem::remove_all(cluster_->node(0).data_dir + "/" + config_.replicas(0).name());
-  ASSERT_TRUE(cluster_->StartServer(0).ok());
+  ASSERT_EQ(cluster_->StartServer(0), Status::OK());
   v1::ControlRequest create;
   create.mutable_create()->set_replica(config_.replicas(0).name());
   create.mutable_create()->set_volume(config_.volume());
@@ -841,7 +841,7 @@ TEST_F(LayerTest, SnapshotWhileRebuildingIsTakenEverywhere) {
   ASSERT_EQ(nbd_flush(h, 0), 0);
   cluster_->Kill(0);
   for (std::uint64_t b = 0; b < 64; ++b) ASSERT_NO_FATAL_FAILURE(Write(h, b * 16, 1));
-  ASSERT_TRUE(cluster_->StartServer(0).ok());
+  ASSERT_EQ(cluster_->StartServer(0), Status::OK());
   bool rebuilding = false;
   for (int i = 0; i < 3000 && !rebuilding; ++i) {
     auto s = engine_->GetStatus();
@@ -942,7 +942,7 @@ TEST_F(SpareTest, SpareNodeTakesOverALostReplica) {
   EXPECT_EQ(persisted.membership_version(), 1u);
   EXPECT_EQ(persisted.replicas(1).node(), "node3");
   // The old node comes back: its replica is deleted, the volume stays healthy.
-  ASSERT_TRUE(cluster_->StartServer(1).ok());
+  ASSERT_EQ(cluster_->StartServer(1), Status::OK());
   bool deleted = false;
   for (int i = 0; i < 300 && !deleted; ++i) {
     std::this_thread::sleep_for(100ms);

@@ -166,7 +166,7 @@ TEST_F(ReplicatedVmTest, GuestKeepsRunningThroughALostReplicaAndReplicasConverge
       << degraded.DebugString();
 
   // The node comes back; the engine rebuilds its replica while the guest runs.
-  ASSERT_TRUE(nodes_->StartServer(1).ok());
+  ASSERT_EQ(nodes_->StartServer(1), Status::OK());
   bool healthy = false;
   for (auto until = Clock::now() + 120s; Clock::now() < until && !healthy;) {
     healthy = GetVolume().status().robustness() == v1::VOLUME_ROBUSTNESS_HEALTHY;
