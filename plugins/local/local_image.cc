@@ -96,6 +96,7 @@ class LocalImage final : public ImageBackend {
       caps.add_source_formats(f);
     }
     caps.set_stored_format(v1::IMAGE_FORMAT_QCOW2);
+    caps.set_local_path(true);
     return caps;
   }
 
@@ -251,8 +252,10 @@ class LocalImage final : public ImageBackend {
   v1::Image Refreshed(const ImageRecord& record) const {
     v1::Image out = record.obj;
     if (out.status().phase() == v1::IMAGE_PHASE_READY) {
-      out.mutable_status()->set_actual_size_bytes(
-          AllocatedBytes(store_->ImagePath(out.metadata().name())));
+      const std::string path = store_->ImagePath(out.metadata().name());
+      out.mutable_status()->set_actual_size_bytes(AllocatedBytes(path));
+      // Not stored in the record: the store's directory may move between runs.
+      out.mutable_status()->set_path(path);
     }
     return out;
   }

@@ -284,6 +284,36 @@ Status CloneInto(PluginContext& context, const Options& options, const NodeLooku
                  const std::vector<Member>& targets);
 
 // ---------------------------------------------------------------------------------------------
+// Volumes from images (replicated_image.cc)
+
+/// The stored image a new volume is filled from (spec.source.image).
+struct ImageSource {
+  std::string name;
+  /// Absolute path of the stored file (ImageStatus.path).
+  std::string path;
+  /// qemu-img's name of its stored format ("qcow2", "raw", ...).
+  std::string format;
+  std::uint64_t virtual_size_bytes = 0;
+};
+
+/// Image `name` of the host's image backend, which must be READY and give its file's path
+/// (capability local_path). Errors name spec.source.image: NotFound when there is no such image;
+/// FailedPrecondition when no image backend is configured, the image is not READY, or its path
+/// or format is not given; the image backend's other errors.
+Result<ImageSource> ResolveImage(PluginContext& context, const std::string& name);
+
+/// Writes `image`'s content into volume `volume` (`size_bytes`, at least the image's virtual
+/// size) through the volume's engine, already running at `engine` and serving replicas that were
+/// just created (all zeros): `qemu-img convert -n --target-is-zero -f FORMAT -O raw` to the
+/// engine's NBD export, so zero ranges are skipped and every write reaches the write quorum.
+/// Reported as a "CopyImage" operation on the volume (progress: bytes written, from the engine's
+/// counters, of `size_bytes`) and an "ImageCopied" event. Errors: Internal with qemu-img's
+/// stderr when it fails (a write below quorum, an unreadable image), Cancelled when the
+/// operation was cancelled. The caller stops the engine and, on error, deletes the replicas.
+Status FillFromImage(PluginContext& context, const ImageSource& image, const std::string& volume,
+                     const EnginePaths& engine, std::uint64_t size_bytes);
+
+// ---------------------------------------------------------------------------------------------
 // Metrics (replicated_metrics.cc)
 
 /// Longhorn's volume metrics for `volumes` in Prometheus text exposition 0.0.4:

@@ -59,9 +59,13 @@ Status ValidateSpec(const api::VolumeSpec& spec) {
   const api::VolumeSource& source = spec.source();
   switch (source.source_case()) {
     case api::VolumeSource::kImage:
-      return Unimplemented(
-          "spec.source.image: volumes from an image are not implemented by the replicated "
-          "backend yet (capability from_image is false)");
+      HCI_RETURN_NOT_OK(ValidateName("spec.source.image", source.image()));
+      if (spec.linked_clone()) {
+        return InvalidArgument(
+            "spec.linked_clone: the replicated backend copies the image into every replica; it "
+            "makes no linked clones");
+      }
+      break;
     case api::VolumeSource::kVolume:
       HCI_RETURN_NOT_OK(ValidateName("spec.source.volume", source.volume()));
       break;
@@ -180,7 +184,7 @@ class ReplicatedStorage final : public StorageBackend {
     caps.set_snapshots(true);
     caps.set_revert(true);
     caps.set_clone(true);
-    caps.set_from_image(false);
+    caps.set_from_image(true);
     caps.set_expand(true);
     caps.set_online_expand(true);
     caps.set_replication(true);
@@ -230,9 +234,26 @@ class ReplicatedStorage final : public StorageBackend {
     // copy is done.
     std::uint64_t size = spec.size_bytes();
     std::optional<CloneSource> clone;
+    std::optional<ImageSource> image;
     std::unique_lock<std::mutex> source_lock;
     const NodeLookup lookup = [this](const Member& m) -> NodeClient& { return Node(m); };
-    if (spec.source().source_case() != api::VolumeSource::SOURCE_NOT_SET) {
+    if (spec.source().source_case() == api::VolumeSource::kImage) {
+      HCI_ASSIGN_OR_RAISE(image, ResolveImage(ctx_, spec.source().image()));
+      const std::uint64_t image_size =
+          (image->virtual_size_bytes + kBlockBytes - 1) / kBlockBytes * kBlockBytes;
+      if (size == 0) {
+        size = image_size;
+      } else if (size < image_size) {
+        return InvalidArgument("spec.size_bytes: " + std::to_string(size) +
+                               " is smaller than image " + Quote(image->name) + " (" +
+                               std::to_string(image->virtual_size_bytes) + " bytes virtual)");
+      }
+      if (size == 0 || size > kMaxVolumeBytes) {
+        return InvalidArgument("spec.size_bytes: image " + Quote(image->name) + " is " +
+                               std::to_string(image->virtual_size_bytes) +
+                               " bytes virtual, which makes no volume of this backend");
+      }
+    } else if (spec.source().source_case() != api::VolumeSource::SOURCE_NOT_SET) {
       HCI_ASSIGN_OR_RAISE(CloneSource source, LockCloneSource(spec, &source_lock));
       HCI_ASSIGN_OR_RAISE(const std::uint64_t source_size,
                           CloneSourceSize(options_, lookup, source));
@@ -318,6 +339,13 @@ class ReplicatedStorage final : public StorageBackend {
     record.requested = spec;
     record.write_quorum = quorum;
     record.members = members;
+    if (image) {
+      Status filled = FillThroughEngine(record, *image);
+      if (!filled.ok()) {
+        for (const Member& m : members) DeleteReplica(m).IgnoreError();
+        return filled;
+      }
+    }
     auto* status = record.obj.mutable_status();
     status->set_phase(api::VOLUME_PHASE_AVAILABLE);
     status->set_capacity_bytes(size);
@@ -341,7 +369,7 @@ class ReplicatedStorage final : public StorageBackend {
                       "created " + std::to_string(size) + "-byte volume with " +
                           Plural(count, "replica") + " on " + where + " (write quorum " +
                           std::to_string(quorum) + ")"));
-    if (clone) return Observe(record);  // what the copy allocated
+    if (clone || image) return Observe(record);  // what the copy allocated
     api::Volume out = record.obj;
     out.mutable_status()->set_robustness(api::VOLUME_ROBUSTNESS_HEALTHY);
     out.mutable_status()->set_actual_size_bytes(actual);
@@ -1184,6 +1212,30 @@ class ReplicatedStorage final : public StorageBackend {
     HCI_ASSIGN_OR_RAISE(auto answer,
                         CallEngine(paths.control_socket, request, options_.io_timeout));
     return answer.status();
+  }
+
+  // Fills the new volume of `rec` (not saved yet: nothing can attach it) from `image` through an
+  // engine of its own, stopped again afterwards. A clean stop is required: the record then says
+  // so, and the next engine trusts the replicas as they are.
+  Status FillThroughEngine(VolumeRecord& rec, const ImageSource& image) {
+    const std::string& name = rec.obj.metadata().name();
+    const EnginePaths paths = EnginePathsFor(options_.state_dir, name);
+    // An engine of an earlier attempt of this create (the plugin died during the copy) serves
+    // replicas that are gone.
+    if (RunningEngine(paths) > 0) StopEngine(paths, kEngineStopGrace);
+    rec.engine_clean = true;  // the replicas were just created, all at generation 1
+    HCI_RETURN_NOT_OK(StartEngine(options_, paths, EngineConfigFor(rec), kEngineStartTimeout)
+                          .status()
+                          .WithContext("spec.source.image: starting the volume's engine"));
+    Status filled = FillFromImage(ctx_, image, name, paths, rec.obj.spec().size_bytes());
+    const bool clean = StopEngine(paths, kEngineStopGrace);
+    HCI_RETURN_NOT_OK(filled);
+    if (!clean) {
+      return Internal("spec.source.image: the engine of volume " + Quote(name) +
+                      " did not stop cleanly after copying image " + Quote(image.name));
+    }
+    rec.engine_clean = true;
+    return Status::OK();
   }
 
   // Starts the volume's engine for an attach or a scrub. An engine running without an

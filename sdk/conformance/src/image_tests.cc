@@ -1,6 +1,7 @@
 // Image checks: file and URL imports, checksums, images in use, idempotency, bad requests,
 // races.
 #include <algorithm>
+#include <filesystem>
 
 #include "conformance_internal.h"
 
@@ -62,6 +63,18 @@ void ExpectReady(Context& ctx, const v1::Image& image) {
   if (stored != v1::IMAGE_FORMAT_UNSPECIFIED) {
     EXPECT_EQ(image.status().stored_format(), stored)
         << "status.stored_format differs from the capability's stored_format";
+  }
+  if (ctx.env.image_caps.local_path()) {
+    // Storage plugins of the same host open it to fill volumes from the image.
+    const std::filesystem::path path(image.status().path());
+    std::error_code ec;
+    EXPECT_TRUE(path.is_absolute() && std::filesystem::is_regular_file(path, ec))
+        << "local_path is claimed: status.path of a Ready image is the absolute path of a regular "
+           "file, got \""
+        << image.status().path() << "\"";
+  } else {
+    EXPECT_TRUE(image.status().path().empty())
+        << "status.path is set but the capability local_path is not claimed";
   }
 }
 

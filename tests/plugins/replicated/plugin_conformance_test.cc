@@ -20,8 +20,11 @@ int main(int argc, char** argv) {
   const std::string config = nodes->dir() + "/conformance.yaml";
   {
     std::ofstream out(config);
+    // The local plugin's image backend, so that the kit's from_image checks run: it stores
+    // images on this host and gives their path (capability local_path).
     out << "host:\n"
         << "  backends:\n"
+        << "    image: {plugin: local}\n"
         << "    storage:\n"
         << "      plugin: replicated\n"
         << "      options:\n"

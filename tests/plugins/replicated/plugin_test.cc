@@ -16,6 +16,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <mutex>
 #include <optional>
 #include <set>
@@ -159,6 +160,7 @@ class ReplicatedPluginTest : public ::testing::Test {
     auto* binding = config.mutable_backends()->mutable_storage();
     binding->set_plugin("replicated");
     *binding->mutable_options() = options_;
+    if (bind_images_) config.mutable_backends()->mutable_image()->set_plugin("local");
     HostOptions options;
     options.log_sink = std::make_shared<NullLogSink>();
     auto host = Host::Open(config, options);
@@ -168,11 +170,17 @@ class ReplicatedPluginTest : public ::testing::Test {
     auto storage = host_->storage();
     ASSERT_TRUE(storage.ok()) << storage.status();
     storage_ = *storage;
+    if (bind_images_) {
+      auto images = host_->image();
+      ASSERT_TRUE(images.ok()) << images.status();
+      images_ = *images;
+    }
   }
   void Close() {
     subscription_.Reset();
     host_.reset();
     storage_ = nullptr;
+    images_ = nullptr;
   }
 
   Result<v1::Volume> Create(const std::string& name, std::uint64_t size = kSize,
@@ -245,6 +253,9 @@ class ReplicatedPluginTest : public ::testing::Test {
   Subscription subscription_;
   std::unique_ptr<Host> host_;
   StorageBackend* storage_ = nullptr;
+  // Set before SetUp: the host also binds the local plugin's image backend (images_).
+  bool bind_images_ = false;
+  ImageBackend* images_ = nullptr;
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -255,8 +266,7 @@ TEST_F(ReplicatedPluginTest, CreateMakesHealthyReplicasOnDistinctNodesAtGenerati
   EXPECT_TRUE(caps.replication());
   EXPECT_EQ(caps.max_replicas(), 3u);
   EXPECT_TRUE(caps.snapshots() && caps.revert() && caps.changed_blocks());
-  EXPECT_TRUE(caps.clone());
-  EXPECT_FALSE(caps.from_image());
+  EXPECT_TRUE(caps.clone() && caps.from_image());
   EXPECT_TRUE(caps.expand() && caps.online_expand());
 
   auto created = Create("vol1");
@@ -319,14 +329,6 @@ TEST_F(ReplicatedPluginTest, BadSpecsAreRefusedNamingTheField) {
   auto empty = Create("empty", 0);
   EXPECT_EQ(empty.status().code(), StatusCode::kInvalidArgument);
   EXPECT_THAT(empty.status().message(), HasSubstr("spec.size_bytes"));
-
-  v1::CreateVolumeRequest from_image;
-  from_image.mutable_metadata()->set_name("from-image");
-  from_image.mutable_spec()->set_size_bytes(kSize);
-  from_image.mutable_spec()->mutable_source()->set_image("debian");
-  auto refused = storage_->CreateVolume(from_image);
-  EXPECT_EQ(refused.status().code(), StatusCode::kUnimplemented);
-  EXPECT_THAT(refused.status().message(), HasSubstr("spec.source.image"));
   EXPECT_EQ(storage_->ListVolumes({})->volumes_size(), 0);
 }
 
@@ -1475,6 +1477,190 @@ TEST_F(ReplicatedCloneTest, CloneOfAVolumeBeingWrittenIsCrashConsistent) {
 
 // ---------------------------------------------------------------------------------------------
 // Scrub (the content helpers are the clone tests')
+
+// ---------------------------------------------------------------------------------------------
+// Volumes from images: the local plugin's image backend stores them, the replicated plugin
+// copies one through the new volume's engine (qemu-img convert).
+
+TEST_F(ReplicatedPluginTest, AVolumeFromAnImageNeedsAnImageBackend) {
+  v1::CreateVolumeRequest r;
+  r.mutable_metadata()->set_name("from-img");
+  r.mutable_spec()->mutable_source()->set_image("guest");
+  auto created = storage_->CreateVolume(r);
+  EXPECT_EQ(created.status().code(), StatusCode::kFailedPrecondition) << created.status();
+  EXPECT_THAT(created.status().message(),
+              AllOf(HasSubstr("spec.source.image"), HasSubstr("no image backend")));
+  EXPECT_EQ(Get("from-img").status().code(), StatusCode::kNotFound);
+}
+
+class ReplicatedImageTest : public ReplicatedCloneTest {
+ protected:
+  // Not a multiple of 4096: the volume's size rounds it up.
+  static constexpr std::uint64_t kImageBytes = 8 * kMiB + 512;
+
+  void SetUp() override {
+    bind_images_ = true;
+    ReplicatedCloneTest::SetUp();
+  }
+
+  // What the image holds; zeros everywhere else. The last range is the image's last 512 bytes:
+  // the engine takes whole 4096-byte blocks, so qemu-img reads, modifies and writes that block.
+  static std::vector<Expect> Data() {
+    return {{0, 64 * 1024, 0x11}, {3 * kMiB, 4096, 0x22}, {8 * kMiB, 512, 0x33}};
+  }
+  // The 4096-byte-aligned ranges of Data() and the zeros between, up to `size`; the block that
+  // holds the image's last 512 bytes is left to ExpectTailBlock.
+  static std::vector<Expect> Content(std::uint64_t size) {
+    std::vector<Expect> out;
+    std::uint64_t at = 0;
+    for (const Expect& e : Data()) {
+      if (e.offset > at) out.push_back({at, e.offset - at, 0});
+      if (e.length % 4096 == 0) out.push_back(e);
+      at = (e.offset + e.length + 4095) / 4096 * 4096;
+    }
+    if (size > at) out.push_back({at, size - at, 0});
+    return out;
+  }
+
+  // The block at 8 MiB: the image's last 512 bytes (0x33), then zeros.
+  void ExpectTailBlock(const std::string& volume) {
+    auto info = Attach(volume, "checker");
+    ASSERT_TRUE(info.ok()) << info.status();
+    {
+      Nbd nbd(SocketOf(*info));
+      ASSERT_TRUE(nbd.ok());
+      std::vector<std::uint8_t> block(4096);
+      ASSERT_EQ(nbd_pread(nbd.handle(), block.data(), block.size(), 8 * kMiB, 0), 0)
+          << nbd_get_error();
+      std::vector<std::uint8_t> expected(4096, 0);
+      std::fill(expected.begin(), expected.begin() + 512, 0x33);
+      EXPECT_TRUE(block == expected) << volume << ": the block at 8 MiB";
+    }
+    ASSERT_TRUE(Detach(volume, "checker").ok());
+  }
+
+  // Writes Data() to a raw file, converts it to qcow2 with qemu-img and imports that as `name`
+  // through the local image backend.
+  Result<v1::Image> ImportQcow2(const std::string& name) {
+    const std::string raw = nodes_->dir() + "/" + name + ".raw";
+    const std::string qcow2 = nodes_->dir() + "/" + name + ".qcow2";
+    {
+      std::string bytes(kImageBytes, '\0');
+      for (const Expect& e : Data()) std::memset(bytes.data() + e.offset, e.byte, e.length);
+      std::ofstream out(raw, std::ios::binary);
+      out << bytes;
+      if (!out.flush()) return Internal("cannot write " + raw);
+    }
+    process::RunOptions run;
+    run.argv = {"qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, qcow2};
+    HCI_ASSIGN_OR_RAISE(auto converted, process::Run(run));
+    HCI_RETURN_NOT_OK(process::CheckExit(converted, "qemu-img convert"));
+    v1::ImportImageRequest import;
+    import.mutable_metadata()->set_name(name);
+    import.mutable_spec()->set_file(qcow2);
+    HCI_ASSIGN_OR_RAISE(Operation op, images_->ImportImage(import));
+    HCI_RETURN_NOT_OK(op.Wait(std::chrono::milliseconds(120000)));
+    v1::GetImageRequest get;
+    get.set_name(name);
+    return images_->GetImage(get);
+  }
+
+  Result<v1::Volume> FromImage(const std::string& name, const std::string& image,
+                               std::uint64_t size = 0) {
+    v1::CreateVolumeRequest r;
+    r.mutable_metadata()->set_name(name);
+    r.mutable_spec()->set_size_bytes(size);
+    r.mutable_spec()->mutable_source()->set_image(image);
+    return storage_->CreateVolume(r);
+  }
+
+  Status DeleteImage(const std::string& name) {
+    v1::DeleteImageRequest r;
+    r.set_name(name);
+    return images_->DeleteImage(r);
+  }
+
+  bool HasOperation(const std::string& kind, const std::string& volume, v1::OperationPhase phase) {
+    for (const auto& op : host_->ListOperations()) {
+      if (op.kind() == kind && op.object().name() == volume && op.phase() == phase) return true;
+    }
+    return false;
+  }
+};
+
+TEST_F(ReplicatedImageTest, AVolumeFromAQcow2ImageHoldsItsBytesOnEveryReplica) {
+  EXPECT_TRUE(images_->Capabilities().local_path());
+  EXPECT_TRUE(storage_->Capabilities().from_image());
+  auto image = ImportQcow2("guest");
+  ASSERT_TRUE(image.ok()) << image.status();
+  EXPECT_EQ(image->status().virtual_size_bytes(), kImageBytes);
+  EXPECT_TRUE(std::filesystem::is_regular_file(image->status().path())) << image->status().path();
+
+  auto volume = FromImage("root", "guest");
+  ASSERT_TRUE(volume.ok()) << volume.status();
+  const std::uint64_t size = 8 * kMiB + 4096;
+  EXPECT_EQ(volume->spec().size_bytes(), size) << "size 0: the image's size, rounded up to 4096";
+  EXPECT_EQ(volume->status().robustness(), v1::VOLUME_ROBUSTNESS_HEALTHY);
+  ASSERT_EQ(volume->status().replicas_size(), 3);
+  // --target-is-zero: the image's 8 MiB of zeros are not written, the replicas stay thin.
+  EXPECT_LT(volume->status().actual_size_bytes(), kMiB);
+  EXPECT_TRUE(HasOperation("CopyImage", "root", v1::OPERATION_PHASE_SUCCEEDED));
+  auto copied = events_.WaitFor("ImageCopied", "root");
+  ASSERT_TRUE(copied.has_value());
+  EXPECT_THAT(copied->message(), AllOf(HasSubstr("\"guest\""), HasSubstr("qcow2")));
+  std::cout << "ImageCopied: " << copied->message() << "\n";
+
+  ExpectContent("root", size, Content(size));
+  ExpectTailBlock("root");
+  ExpectReplicasIdentical("root");
+
+  // Idempotent by name.
+  auto again = FromImage("root", "guest");
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->metadata().uid(), volume->metadata().uid());
+
+  // The image backend refuses to delete an image a volume of this backend was made from.
+  Status in_use = DeleteImage("guest");
+  EXPECT_EQ(in_use.code(), StatusCode::kFailedPrecondition) << in_use;
+  EXPECT_THAT(in_use.message(), HasSubstr("\"root\""));
+  v1::DeleteVolumeRequest del;
+  del.set_name("root");
+  ASSERT_TRUE(storage_->DeleteVolume(del).ok());
+  EXPECT_TRUE(DeleteImage("guest").ok());
+}
+
+TEST_F(ReplicatedImageTest, ALargerVolumeReadsZerosPastTheImageAndBadRequestsLeaveNothing) {
+  auto image = ImportQcow2("guest");
+  ASSERT_TRUE(image.ok()) << image.status();
+
+  auto larger = FromImage("big", "guest", 16 * kMiB);
+  ASSERT_TRUE(larger.ok()) << larger.status();
+  ExpectContent("big", 16 * kMiB, Content(16 * kMiB));
+  ExpectTailBlock("big");
+
+  auto smaller = FromImage("small", "guest", 4 * kMiB);
+  EXPECT_EQ(smaller.status().code(), StatusCode::kInvalidArgument) << smaller.status();
+  EXPECT_THAT(smaller.status().message(), HasSubstr("spec.size_bytes"));
+  ExpectNoReplicas("small");
+
+  auto missing = FromImage("orphan", "no-such-image");
+  EXPECT_EQ(missing.status().code(), StatusCode::kNotFound) << missing.status();
+  EXPECT_THAT(missing.status().message(), HasSubstr("spec.source.image"));
+  ExpectNoReplicas("orphan");
+
+  v1::CreateVolumeRequest linked;
+  linked.mutable_metadata()->set_name("linked");
+  linked.mutable_spec()->set_linked_clone(true);
+  linked.mutable_spec()->mutable_source()->set_image("guest");
+  auto refused = storage_->CreateVolume(linked);
+  EXPECT_EQ(refused.status().code(), StatusCode::kInvalidArgument) << refused.status();
+  EXPECT_THAT(refused.status().message(), HasSubstr("spec.linked_clone"));
+  ExpectNoReplicas("linked");
+
+  auto bad_name = FromImage("bad-name", "Not_A_Label");
+  EXPECT_EQ(bad_name.status().code(), StatusCode::kInvalidArgument) << bad_name.status();
+  EXPECT_THAT(bad_name.status().message(), HasSubstr("spec.source.image"));
+}
 
 class ReplicatedScrubTest : public ReplicatedCloneTest {
  protected:
