@@ -38,8 +38,6 @@ constexpr milliseconds kSlowCall{60000};
 // generation) is retried after re-opening the replica, at most this many times in a row.
 constexpr int kStaleRetries = 50;
 
-std::string Quote(std::string_view s) { return "\"" + std::string(s) + "\""; }
-
 // A byte range of the volume.
 struct Extent {
   std::uint64_t offset = 0;
@@ -562,18 +560,14 @@ Status CloneInto(PluginContext& context, const Options& options, const NodeLooku
   }
   const auto ms =
       std::chrono::duration_cast<milliseconds>(std::chrono::steady_clock::now() - began).count();
-  api::Event event;
-  event.set_type(api::EVENT_TYPE_NORMAL);
-  event.mutable_object()->set_kind(kVolumeKind);
-  event.mutable_object()->set_name(volume);
-  event.set_reason("VolumeCloned");
-  event.set_message("cloned from " + Describe(source) + " (replica " + cloner.from() +
+  context.events().Publish(
+      MakeEvent(api::EVENT_TYPE_NORMAL, kVolumeKind, volume, "VolumeCloned",
+                "cloned from " + Describe(source) + " (replica " + cloner.from() +
                     "): " + std::to_string(cloner.allocated()) + " allocated bytes read, " +
                     std::to_string(cloner.copied()) + " bytes written to each of " +
                     std::to_string(targets.size()) + " replicas in " + std::to_string(ms) +
                     " ms (copy " + std::to_string(cloner.copy_ms()) + " ms, hash comparison " +
-                    std::to_string(cloner.verify_ms()) + " ms)");
-  context.events().Publish(event);
+                    std::to_string(cloner.verify_ms()) + " ms)"));
   return Status::OK();
 }
 

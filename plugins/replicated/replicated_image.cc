@@ -19,8 +19,6 @@ constexpr char kField[] = "spec.source.image";
 // How often the copy's progress is read from the engine's counters.
 constexpr milliseconds kProgressInterval{1000};
 
-std::string Quote(std::string_view s) { return "\"" + std::string(s) + "\""; }
-
 // qemu-img's name of a stored format; empty for one it should not be told to read.
 std::string QemuFormat(api::ImageFormat format) {
   switch (format) {
@@ -139,15 +137,11 @@ Status FillFromImage(PluginContext& context, const ImageSource& image, const std
   op.Finish(Status::OK());
   const auto ms =
       std::chrono::duration_cast<milliseconds>(std::chrono::steady_clock::now() - began).count();
-  api::Event event;
-  event.set_type(api::EVENT_TYPE_NORMAL);
-  event.mutable_object()->set_kind(kVolumeKind);
-  event.mutable_object()->set_name(volume);
-  event.set_reason("ImageCopied");
-  event.set_message("filled from image " + Quote(image.name) + " (" + image.format + ", " +
-                    std::to_string(image.virtual_size_bytes) + " bytes virtual) through its " +
-                    "engine in " + std::to_string(ms) + " ms");
-  context.events().Publish(event);
+  context.events().Publish(
+      MakeEvent(api::EVENT_TYPE_NORMAL, kVolumeKind, volume, "ImageCopied",
+                "filled from image " + Quote(image.name) + " (" + image.format + ", " +
+                    std::to_string(image.virtual_size_bytes) +
+                    " bytes virtual) through its engine in " + std::to_string(ms) + " ms"));
   return Status::OK();
 }
 

@@ -37,6 +37,9 @@ namespace hci::replicated::plugin {
 namespace api = ::hci::v1;
 namespace rpb = ::hci::replicated::v1;
 
+/// `s` in double quotes, as messages name volumes, replicas and snapshots.
+inline std::string Quote(std::string_view s) { return "\"" + std::string(s) + "\""; }
+
 /// The plugin's name, as registered with HCI_PLUGIN.
 inline constexpr char kPluginName[] = "replicated";
 /// Volume sizes are multiples of this many bytes.

@@ -20,8 +20,6 @@
 namespace hci::replicated::plugin {
 namespace {
 
-std::string Quote(std::string_view s) { return "\"" + std::string(s) + "\""; }
-
 // "host:port" with a port in 1-65535 (host: a name, an IPv4 address or "[IPv6]"), or
 // "unix:/absolute/path".
 Status ValidateAddress(const std::string& field, const std::string& address) {

@@ -43,8 +43,6 @@ constexpr milliseconds kSlowCall{60000};
 // How often attached volumes are observed for events and rebuild operations (WatchLoop).
 constexpr milliseconds kWatchInterval{1000};
 
-std::string Quote(std::string_view s) { return "\"" + std::string(s) + "\""; }
-
 std::int64_t NowUnixMs() {
   return std::chrono::duration_cast<milliseconds>(
              std::chrono::system_clock::now().time_since_epoch())
