@@ -96,6 +96,16 @@ EnginePaths EnginePathsFor(const std::string& state_dir, const std::string& volu
   return p;
 }
 
+google::protobuf::Struct EngineBlockdev(const EnginePaths& paths) {
+  google::protobuf::Struct blockdev;
+  auto& fields = *blockdev.mutable_fields();
+  fields["driver"].set_string_value("nbd");
+  auto& server = *fields["server"].mutable_struct_value()->mutable_fields();
+  server["type"].set_string_value("unix");
+  server["path"].set_string_value(paths.nbd_socket);
+  return blockdev;
+}
+
 pid_t RunningEngine(const EnginePaths& paths) {
   std::string text = ReadAll(paths.pid_file);
   if (text.empty()) return -1;

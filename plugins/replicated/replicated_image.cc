@@ -4,7 +4,6 @@
 // quorum exactly as a guest's writes do.
 #include <google/protobuf/util/json_util.h>
 
-#include <atomic>
 #include <chrono>
 
 #include "replicated_internal.h"
@@ -89,16 +88,12 @@ Status FillFromImage(PluginContext& context, const ImageSource& image, const std
   OperationControl op = context.operations().Start(info);
   const auto began = std::chrono::steady_clock::now();
 
-  // The engine's export as QEMU block nodes (raw over nbd), in json: syntax so that no character
+  // The engine's export under a raw node (qemu-img -O raw), in json: syntax so that no character
   // of the socket's path needs escaping.
   google::protobuf::Struct blockdev;
   auto& fields = *blockdev.mutable_fields();
   fields["driver"].set_string_value("raw");
-  auto& file = *fields["file"].mutable_struct_value()->mutable_fields();
-  file["driver"].set_string_value("nbd");
-  auto& server = *file["server"].mutable_struct_value()->mutable_fields();
-  server["type"].set_string_value("unix");
-  server["path"].set_string_value(engine.nbd_socket);
+  *fields["file"].mutable_struct_value() = EngineBlockdev(engine);
   std::string target;
   (void)google::protobuf::util::MessageToJsonString(blockdev, &target);
 
@@ -107,7 +102,6 @@ Status FillFromImage(PluginContext& context, const ImageSource& image, const std
   // zero and unallocated ranges are skipped and stay thin; -f: the stored format, never probed.
   run.argv = {"qemu-img",   "convert", "-n",  "--target-is-zero", "-f",
               image.format, "-O",      "raw", image.path,         "json:" + target};
-  std::atomic<std::uint64_t> written{0};
   auto last_poll = std::chrono::steady_clock::now();
   run.cancel_requested = [&] {
     const auto now = std::chrono::steady_clock::now();
@@ -116,10 +110,7 @@ Status FillFromImage(PluginContext& context, const ImageSource& image, const std
       rpb::EngineRequest request;
       request.set_status(true);
       auto answer = CallEngine(engine.control_socket, request, milliseconds(2000));
-      if (answer.ok()) {
-        written = answer->status().write_bytes();
-        op.SetProgress(written, size_bytes);
-      }
+      if (answer.ok()) op.SetProgress(answer->status().write_bytes(), size_bytes);
     }
     return op.cancel_requested();
   };

@@ -155,6 +155,11 @@ struct EnginePaths {
 /// The paths of `volume`'s engine under `state_dir`.
 EnginePaths EnginePathsFor(const std::string& state_dir, const std::string& volume);
 
+/// The engine's NBD export as a QEMU blockdev-add argument (BlockdevOptionsNbd, QAPI):
+/// `{"driver": "nbd", "server": {"type": "unix", "path": <paths.nbd_socket>}}`. What AttachVolume
+/// hands to the kvm plugin, and what a volume from an image is written through.
+google::protobuf::Struct EngineBlockdev(const EnginePaths& paths);
+
 /// The pid of the volume's running engine (its pid file names a live process whose command
 /// line carries this volume's config= argument), or -1.
 pid_t RunningEngine(const EnginePaths& paths);

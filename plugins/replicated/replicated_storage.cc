@@ -1232,7 +1232,6 @@ class ReplicatedStorage final : public StorageBackend {
       return Internal("spec.source.image: the engine of volume " + Quote(name) +
                       " did not stop cleanly after copying image " + Quote(image.name));
     }
-    rec.engine_clean = true;
     return Status::OK();
   }
 
@@ -1345,11 +1344,7 @@ class ReplicatedStorage final : public StorageBackend {
 
   static api::AttachInfo Info(const EnginePaths& paths) {
     api::AttachInfo info;
-    auto& fields = *info.mutable_blockdev()->mutable_fields();
-    fields["driver"].set_string_value("nbd");
-    auto& server = *fields["server"].mutable_struct_value()->mutable_fields();
-    server["type"].set_string_value("unix");
-    server["path"].set_string_value(paths.nbd_socket);
+    *info.mutable_blockdev() = EngineBlockdev(paths);
     return info;
   }
 
